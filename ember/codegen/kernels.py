@@ -1,0 +1,108 @@
+"""From one IR node to OpenCL kernel launches.
+
+`NodeSpec` is the plain, hashable description codegen gets of a node (op, attributes, input
+and output types). A kernel builder turns it into `Lowered`: the kernels to launch, their
+sizes and arguments, scratch buffers, and outputs that are views of inputs. A builder that
+cannot handle a spec on a target (a dtype the device lacks, an attribute it does not do)
+returns None and the op runs on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ember.codegen.families import Target
+from ember.ir import Attrs, DType, TensorType
+
+__all__ = [
+    "NodeSpec", "Kernel", "Launch", "Lowered", "KERNEL_BUILDERS", "kernel_builder",
+    "lower", "IN", "OUT", "TMP", "device_dtype_ok", "program_header",
+]
+
+log = logging.getLogger(__name__)
+
+IN, OUT, TMP = "in", "out", "tmp"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    op: str
+    attrs: Attrs
+    inputs: tuple[TensorType, ...]
+    outputs: tuple[TensorType, ...]
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    source: str
+    extensions: frozenset[str] = frozenset()  # e.g. {"cl_khr_fp64"}
+
+
+@dataclass(frozen=True)
+class Launch:
+    kernel: Kernel
+    global_size: tuple[int, ...]
+    local_size: tuple[int, ...] | None
+    args: tuple[tuple[str, int], ...]  # (IN, i) | (OUT, j) | (TMP, k), in kernel order
+
+
+@dataclass(frozen=True)
+class Lowered:
+    launches: tuple[Launch, ...]
+    temps: tuple[int, ...] = ()  # bytes of each scratch buffer
+    # output j shares the buffer of input i (a view such as Reshape): no launch needed
+    aliases: tuple[tuple[int, int], ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def kernels(self) -> tuple[Kernel, ...]:
+        return tuple(launch.kernel for launch in self.launches)
+
+
+Builder = Callable[[NodeSpec, Target], "Lowered | None"]
+KERNEL_BUILDERS: dict[str, Builder] = {}
+
+
+def kernel_builder(*ops: str) -> Callable[[Builder], Builder]:
+    """Register a builder for one or more ops."""
+
+    def register(fn: Builder) -> Builder:
+        for op in ops:
+            if op in KERNEL_BUILDERS:
+                raise ValueError(f"kernel builder for {op} registered twice")
+            KERNEL_BUILDERS[op] = fn
+        return fn
+
+    return register
+
+
+def device_dtype_ok(dtype: DType, target: Target) -> bool:
+    """Can the device store and compute this dtype? float16 is stored as half and computed
+    in float through vload_half/vstore_half, which every OpenCL device has."""
+    if dtype.cl_name is None:
+        return False
+    if dtype is DType.FLOAT64:
+        return target.traits.fp64
+    return True
+
+
+@functools.lru_cache(maxsize=4096)
+def lower(spec: NodeSpec, target: Target) -> Lowered | None:
+    """The launches for a node on a target, or None when it must run on the host."""
+    builder = KERNEL_BUILDERS.get(spec.op)
+    if builder is None:
+        return None
+    for t in (*spec.inputs, *spec.outputs):
+        if not device_dtype_ok(t.dtype, target):
+            return None
+    return builder(spec, target)
+
+
+def program_header(kernels: tuple[Kernel, ...] | list[Kernel]) -> str:
+    """Pragmas needed once at the top of a program holding these kernels."""
+    extensions = sorted(set().union(*(k.extensions for k in kernels))) if kernels else []
+    return "".join(f"#pragma OPENCL EXTENSION {ext} : enable\n" for ext in extensions)

@@ -1,0 +1,279 @@
+"""compile() and CompiledModel: where the stages are tied together.
+
+A model is imported (frontends), lowered (lowering passes, with placement asking codegen
+which nodes have kernels), turned into an ExecutionPlan and run by the OpenCL executor, or
+by numpy when there is no device. Models with symbolic dims are specialized again when
+called with new shapes; each specialization is kept, keyed by the input shapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from ember.codegen.kernels import lower
+from ember.errors import DTypeError, InputError, ShapeError, UnsupportedOpError
+from ember.frontends.onnx import import_onnx, input_signature, load_model
+from ember.ir import DType, Graph, verify
+from ember.lowering import PassContext, PassManager, PassRecord, build_pipeline
+from ember.runtime.device import OpenCLDevice, resolve_target
+from ember.runtime.numpy import evaluate_graph
+from ember.runtime.opencl import OpenCLExecutor
+from ember.runtime.plan import HOST, ExecutionPlan, build_plan, node_spec
+
+__all__ = ["compile", "CompiledModel", "ModelStats"]
+
+log = logging.getLogger(__name__)
+
+Dims = tuple[int | str | None, ...]
+
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Numbers about one specialization of a compiled model (benchmarks and tests read them)."""
+
+    steps: int
+    device_steps: int
+    host_steps: int
+    kernel_launches: int  # per inference
+    kernels: int  # distinct kernels in the program
+    peak_device_bytes: int
+    naive_device_bytes: int
+
+
+@dataclass
+class _Specialization:
+    shapes: tuple[tuple[int, ...], ...]
+    graph: Graph
+    plan: ExecutionPlan
+    executor: OpenCLExecutor | None
+    records: list[PassRecord]
+    compile_seconds: float
+
+
+class CompiledModel:
+    """A model compiled for one target. Call it with numpy arrays (by input name or by
+    position); it returns a dict of output name -> array."""
+
+    def __init__(self, source: onnx.ModelProto | Graph, device: OpenCLDevice | None,
+                 opt_level: int, strict: bool, tune: bool, verify_passes: bool) -> None:
+        self._source = source
+        self.device = device
+        self.opt_level = opt_level
+        self.strict = strict
+        self.tune = tune
+        self._verify = verify_passes
+        if isinstance(source, Graph):
+            self._signature: dict[str, tuple[Dims, DType]] = {
+                name: (graph_type.shape, graph_type.dtype)
+                for name, graph_type in (
+                    (n, source.type_of(v)) for n, v in source.input_values().items()
+                )
+            }
+            self.output_names = [name for name, _ in source.outputs]
+        else:
+            self._signature = input_signature(source)
+            self.output_names = [o.name for o in source.graph.output]
+        self.input_names = list(self._signature)
+        self._specializations: dict[tuple, _Specialization] = {}
+        self._current: _Specialization | None = None
+
+    # -- compiling ------------------------------------------------------------------------
+    @property
+    def target(self) -> str:
+        return self.device.info.target if self.device is not None else "cpu"
+
+    def _specialize(self, shapes: Mapping[str, Sequence[int]] | None) -> _Specialization:
+        start = time.perf_counter()
+        if isinstance(self._source, Graph):
+            graph = self._source.copy()
+        else:
+            graph = import_onnx(self._source, input_shapes=shapes)
+        key = tuple(graph.type_of(v).shape for v in graph.input_values().values())
+        if key in self._specializations:
+            self._current = self._specializations[key]
+            return self._current
+        target = self.device.target if self.device is not None else None
+        supports = None
+        if target is not None:
+            def supports(g: Graph, node: int) -> bool:
+                return lower(node_spec(g, node), target) is not None
+
+        ctx = PassContext(
+            opt_level=self.opt_level,
+            family=target.family.name if target is not None else "numpy",
+            supports=supports,
+        )
+        manager = PassManager(build_pipeline(self.opt_level), verify=self._verify)
+        records = manager.run(graph, ctx)
+        verify(graph)
+        plan = build_plan(graph, target)
+        if self.strict and self.device is not None and plan.host_steps:
+            listed = ", ".join(f"{s.op} {s.name!r}" for s in plan.host_steps[:10])
+            raise UnsupportedOpError(
+                f"strict=True: {len(plan.host_steps)} step(s) have no kernel on "
+                f"{self.device.info.traits.name} and would run on the host: {listed}"
+            )
+        executor = OpenCLExecutor(plan, self.device) if self.device is not None else None
+        spec = _Specialization(key, graph, plan, executor, records,
+                               time.perf_counter() - start)
+        self._specializations[key] = spec
+        self._current = spec
+        return spec
+
+    # -- calling --------------------------------------------------------------------------
+    def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if len(args) > len(self.input_names):
+            raise InputError(f"model takes {len(self.input_names)} input(s) "
+                             f"{self.input_names}, got {len(args)} positional")
+        feeds: dict[str, Any] = dict(zip(self.input_names, args))
+        for name, value in kwargs.items():
+            if name not in self._signature:
+                raise InputError(f"unknown input {name!r}; the model's inputs are {self.input_names}")
+            if name in feeds:
+                raise InputError(f"input {name!r} given both by position and by name")
+            feeds[name] = value
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise InputError(f"missing input(s) {missing}; the model's inputs are {self.input_names}")
+        bound = {}
+        for name, value in feeds.items():
+            dims, dtype = self._signature[name]
+            array = np.asarray(value)
+            if array.dtype != dtype.np_dtype:
+                raise DTypeError(f"input {name!r} expects dtype {dtype}, got {array.dtype}")
+            if array.ndim != len(dims):
+                raise ShapeError(f"input {name!r} expects rank {len(dims)} shape "
+                                 f"{_dims_text(dims)}, got shape {array.shape}")
+            for axis, (want, got) in enumerate(zip(dims, array.shape)):
+                if isinstance(want, int) and want != got:
+                    raise ShapeError(f"input {name!r} expects shape {_dims_text(dims)}, got "
+                                     f"{array.shape} (dim {axis}: {got} != {want})")
+            bound[name] = array
+        return bound
+
+    def _for_shapes(self, feeds: Mapping[str, np.ndarray]) -> _Specialization:
+        key = tuple(feeds[name].shape for name in self.input_names)
+        spec = self._specializations.get(key)
+        if spec is None:
+            log.info("specializing for input shapes %s", key)
+            spec = self._specialize({name: feeds[name].shape for name in self.input_names})
+        self._current = spec
+        return spec
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        feeds = self._bind(args, kwargs)
+        spec = self._for_shapes(feeds)
+        if spec.executor is None:
+            results = evaluate_graph(spec.graph, feeds)
+            return {name: np.array(value, copy=True) for name, value in results.items()}
+        return spec.executor.run(feeds)
+
+    def profile(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        """Per-step timings of one call: device time from OpenCL profiling events, host time
+        for steps that ran through numpy."""
+        feeds = self._bind(args, kwargs)
+        spec = self._for_shapes(feeds)
+        if spec.executor is None:
+            return _profile_numpy(spec.graph, feeds)
+        _, timings = spec.executor.run(feeds, profile=True)
+        by_name = {s.name: s for s in spec.plan.steps}
+        return [
+            {"step": name, "op": op, "placement": by_name[name].placement, "seconds": seconds}
+            for name, op, seconds in timings
+        ]
+
+    # -- reporting ------------------------------------------------------------------------
+    @property
+    def graph(self) -> Graph:
+        return self._active().graph
+
+    @property
+    def plan(self) -> ExecutionPlan:
+        return self._active().plan
+
+    @property
+    def pass_records(self) -> list[PassRecord]:
+        return self._active().records
+
+    def _active(self) -> _Specialization:
+        if self._current is None:
+            self._specialize(None)
+        assert self._current is not None
+        return self._current
+
+    @property
+    def stats(self) -> ModelStats:
+        plan = self.plan
+        device = self.device is not None
+        roots = {plan.root(s.index) for s in plan.slots}
+        total = sum(plan.slots[i].type.nbytes for i in roots) if device else 0
+        return ModelStats(
+            steps=len(plan.steps),
+            device_steps=sum(1 for s in plan.steps if s.placement != HOST),
+            host_steps=len(plan.host_steps),
+            kernel_launches=plan.kernel_launches,
+            kernels=len(plan.kernels()),
+            peak_device_bytes=total,
+            naive_device_bytes=total,
+        )
+
+    def summary(self) -> str:
+        from ember.summary import format_summary
+
+        return format_summary(self)
+
+
+def _dims_text(dims: Dims) -> str:
+    return "(" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in dims) + ")"
+
+
+def _profile_numpy(graph: Graph, feeds: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    from ember.runtime.numpy import evaluate_node
+    from ember.ir import Value
+
+    env: dict[Value, np.ndarray] = {}
+    rows = []
+    for node in graph.topological_order():
+        op = graph.op(node)
+        if op == "Input":
+            env[Value(node, 0)] = feeds[graph.node_name(node)]
+            continue
+        start = time.perf_counter()
+        results = evaluate_node(graph, node, [env[v] for v in graph.inputs_of(node)])
+        if op != "Constant":
+            rows.append({"step": graph.node_name(node), "op": op, "placement": HOST,
+                         "seconds": time.perf_counter() - start})
+        for port, r in enumerate(results):
+            env[Value(node, port)] = r
+    return rows
+
+
+def compile(  # noqa: A001 - the public name DESIGN.md gives it
+    model: str | os.PathLike | bytes | onnx.ModelProto | Graph,
+    *,
+    target: str | None = None,
+    opt_level: int = 2,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    tune: bool = False,
+    strict: bool = False,
+    verify_passes: bool = False,
+) -> CompiledModel:
+    """Compile an ONNX model (path, bytes or ModelProto) or an ember Graph for a target.
+
+    target: None (first OpenCL GPU, else first OpenCL device, else numpy), "cpu" (numpy),
+    "opencl" or "opencl:P:D". input_shapes resolves symbolic dims. strict refuses host
+    fallback. tune is accepted for forward compatibility: tuned kernels come with the tuner.
+    """
+    device = resolve_target(target)
+    source = model if isinstance(model, Graph) else load_model(model)
+    compiled = CompiledModel(source, device, opt_level, strict, tune, verify_passes)
+    compiled._specialize(input_shapes)
+    return compiled

@@ -1,0 +1,1 @@
+"""Frontends turn models into ember graphs: ONNX (`frontends.onnx`) and a Python builder."""

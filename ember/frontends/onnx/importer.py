@@ -1,0 +1,256 @@
+"""ONNX ModelProto -> ember Graph.
+
+Shapes are static once specialized, so shape arithmetic (Shape, Gather on shapes, Concat,
+Range, ConstantOfShape, ...) is folded while importing: a node whose inputs are all
+constants becomes a Constant. Inputs that ONNX passes as tensors but that ember needs as
+compile-time values (Reshape's shape, Slice's starts, Pad's pads, reduction axes) become
+attributes; when such an input is a graph input, NonConstantInputError names it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ember.errors import EmberError, NonConstantInputError, ShapeError, UnsupportedOpError
+from ember.ir import OPS, DType, Graph, TensorType, Value
+
+__all__ = ["ImportContext", "onnx_op", "CONVERTERS", "import_graph", "value_info_type"]
+
+log = logging.getLogger(__name__)
+
+Converter = Callable[["ImportContext", onnx.NodeProto], Sequence["Value | None"]]
+CONVERTERS: dict[str, Converter] = {}
+
+# Results of folding larger than this stay computed at run time.
+FOLD_LIMIT = 1 << 24
+
+
+def onnx_op(*op_types: str) -> Callable[[Converter], Converter]:
+    """Register the converter of one or more ONNX op types (default domain)."""
+
+    def register(fn: Converter) -> Converter:
+        for op_type in op_types:
+            if op_type in CONVERTERS:
+                raise ValueError(f"converter for {op_type} registered twice")
+            CONVERTERS[op_type] = fn
+        return fn
+
+    return register
+
+
+@dataclass
+class ImportContext:
+    graph: Graph
+    opset: int
+    values: dict[str, Value] = field(default_factory=dict)
+    node: onnx.NodeProto | None = None  # the node being converted (for messages)
+
+    # -- reading a node ---------------------------------------------------------------------
+    @property
+    def where(self) -> str:
+        node = self.node
+        return f"{node.op_type} node {node.name or node.output[0]!r}" if node else "import"
+
+    def input(self, node: onnx.NodeProto, index: int) -> Value | None:
+        """The value of input `index`, or None when the optional input is absent."""
+        if index >= len(node.input) or not node.input[index]:
+            return None
+        name = node.input[index]
+        if name not in self.values:
+            raise EmberError(f"{self.where}: input {name!r} is not produced by any node")
+        return self.values[name]
+
+    def inputs(self, node: onnx.NodeProto) -> list[Value | None]:
+        return [self.input(node, i) for i in range(len(node.input))]
+
+    def type_of(self, value: Value) -> TensorType:
+        return self.graph.type_of(value)
+
+    def const_input(self, node: onnx.NodeProto, index: int, what: str) -> np.ndarray | None:
+        """The compile-time value of input `index` (None when absent). A graph input here
+        raises NonConstantInputError naming it."""
+        value = self.input(node, index)
+        if value is None:
+            return None
+        array = self.graph.constant_value(value)
+        if array is not None:
+            return array
+        sources = self._graph_inputs_behind(value)
+        raise NonConstantInputError(
+            f"{self.where}: {what} (input {index}, {node.input[index]!r}) must be known at "
+            f"compile time; it depends on graph input(s) {list(sources)}",
+            tuple(sources),
+        )
+
+    def _graph_inputs_behind(self, value: Value) -> list[str]:
+        found, stack, seen = [], [value.node], set()
+        while stack:
+            n = stack.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if self.graph.op(n) == "Input":
+                found.append(self.graph.node_name(n))
+            stack.extend(v.node for v in self.graph.inputs_of(n))
+        return sorted(found)
+
+    @staticmethod
+    def attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+        for a in node.attribute:
+            if a.name == name:
+                value = helper.get_attribute_value(a)
+                if isinstance(value, bytes):
+                    return value.decode()
+                if isinstance(value, onnx.TensorProto):
+                    return numpy_helper.to_array(value)
+                if isinstance(value, list) and value and isinstance(value[0], bytes):
+                    return [v.decode() for v in value]
+                return value
+        return default
+
+    # -- building ---------------------------------------------------------------------------
+    def add(self, op: str, inputs: Sequence[Value], attrs: Mapping[str, Any] | None = None,
+            *, name: str | None = None) -> Value:
+        """Add a single-output op, folding it to a constant when every input is one."""
+        return self.add_multi(op, inputs, attrs, name=name)[0]
+
+    def add_multi(self, op: str, inputs: Sequence[Value],
+                  attrs: Mapping[str, Any] | None = None, *, name: str | None = None
+                  ) -> tuple[Value, ...]:
+        label = name or self._label(op)
+        node = self.graph.add_node(op, list(inputs), attrs or {}, name=label)
+        outputs = tuple(Value(node, p) for p in range(len(self.graph.output_types(node))))
+        arrays = [self.graph.constant_value(v) for v in inputs]
+        if inputs and all(a is not None for a in arrays) and self._foldable(node):
+            results = OPS[op].evaluate(arrays, self.graph.attrs(node))
+            folded = []
+            for port, (result, want) in enumerate(zip(results, self.graph.output_types(node))):
+                array = np.asarray(result).astype(want.dtype.np_dtype, copy=False)
+                folded.append(self.graph.add_constant(array.reshape(want.shape), name=f"{label}:{port}"))
+            self.graph.remove_node(node)
+            return tuple(folded)
+        return outputs
+
+    def constant(self, array: np.ndarray, name: str | None = None) -> Value:
+        return self.graph.add_constant(np.asarray(array), name=name or self._label("const"))
+
+    def _foldable(self, node: int) -> bool:
+        return sum(t.size for t in self.graph.output_types(node)) <= FOLD_LIMIT
+
+    def _label(self, op: str) -> str:
+        base = (self.node.name or self.node.output[0]) if self.node is not None else op
+        return f"{base}/{op}" if self.node is not None and op != self.node.op_type else base
+
+
+def value_info_type(info: onnx.ValueInfoProto) -> tuple[tuple[int | str | None, ...], DType]:
+    """(dims, dtype) of a graph input: ints, or the dim_param name / None when symbolic."""
+    tensor = info.type.tensor_type
+    if not info.type.HasField("tensor_type"):
+        raise UnsupportedOpError(f"graph input {info.name!r} is not a tensor (sequence/map/optional)")
+    dtype = DType.from_onnx(tensor.elem_type)
+    dims: list[int | str | None] = []
+    for d in tensor.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        elif d.HasField("dim_param"):
+            dims.append(d.dim_param)
+        else:
+            dims.append(None)
+    return tuple(dims), dtype
+
+
+def _resolve_shape(name: str, dims, given: Sequence[int] | None) -> tuple[int, ...]:
+    if given is None:
+        # Symbolic dims default to 1 until the model is called with real shapes.
+        return tuple(d if isinstance(d, int) else 1 for d in dims)
+    given = tuple(int(d) for d in given)
+    if len(given) != len(dims):
+        raise ShapeError(f"input {name!r}: input_shapes gives rank {len(given)} {given}, "
+                         f"the model says rank {len(dims)} {tuple(dims)}")
+    for axis, (want, got) in enumerate(zip(dims, given)):
+        if isinstance(want, int) and want != got:
+            raise ShapeError(f"input {name!r}: dim {axis} is fixed at {want} by the model, "
+                             f"input_shapes gives {got} (shape {given})")
+    return given
+
+
+def _check_supported(graph: onnx.GraphProto, opset: int) -> None:
+    """Raise one UnsupportedOpError naming every op type the importer lacks."""
+    missing: dict[str, list[str]] = {}
+    for node in graph.node:
+        domain = node.domain or "ai.onnx"
+        known = domain in ("ai.onnx", "") and node.op_type in CONVERTERS
+        if not known:
+            key = node.op_type if domain == "ai.onnx" else f"{domain}.{node.op_type}"
+            missing.setdefault(key, []).append(node.name or node.output[0])
+    if missing:
+        first_op, first_nodes = next(iter(missing.items()))
+        others = [f"{op} (e.g. node {nodes[0]!r})" for op, nodes in list(missing.items())[1:]]
+        text = (f"ONNX op {first_op} (node {first_nodes[0]!r}, opset {opset}) is not supported "
+                f"by ember")
+        if others:
+            text += "; the model also uses unsupported: " + ", ".join(others)
+        raise UnsupportedOpError(text)
+
+
+def import_graph(
+    model: onnx.ModelProto,
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    constant_inputs: Mapping[str, np.ndarray] | None = None,
+) -> Graph:
+    """Convert a (checked, opset-normalized) ModelProto into an ember Graph."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    onnx_graph = model.graph
+    _check_supported(onnx_graph, opset)
+    graph = Graph(onnx_graph.name or "model")
+    ctx = ImportContext(graph, opset)
+    constant_inputs = dict(constant_inputs or {})
+    input_shapes = dict(input_shapes or {})
+    initializers = {t.name for t in onnx_graph.initializer}
+    known_inputs = [i.name for i in onnx_graph.input if i.name not in initializers]
+    unknown = sorted(set(input_shapes) - set(known_inputs))
+    if unknown:
+        raise ShapeError(f"input_shapes names unknown input(s) {unknown}; inputs: {known_inputs}")
+
+    for tensor in onnx_graph.initializer:
+        ctx.values[tensor.name] = graph.add_constant(numpy_helper.to_array(tensor), name=tensor.name)
+    for info in onnx_graph.input:
+        if info.name in initializers:
+            continue
+        dims, dtype = value_info_type(info)
+        if info.name in constant_inputs:
+            array = np.asarray(constant_inputs[info.name], dtype=dtype.np_dtype)
+            ctx.values[info.name] = graph.add_constant(array, name=info.name)
+            continue
+        shape = _resolve_shape(info.name, dims, input_shapes.get(info.name))
+        ctx.values[info.name] = graph.add_input(info.name, TensorType(shape, dtype))
+
+    for node in onnx_graph.node:
+        ctx.node = node
+        try:
+            results = CONVERTERS[node.op_type](ctx, node)
+        except NonConstantInputError:
+            raise
+        except EmberError as exc:
+            if ctx.where not in str(exc):
+                raise type(exc)(f"{ctx.where}: {exc}") from exc
+            raise
+        for name, value in zip(node.output, results):
+            if name and value is not None:
+                ctx.values[name] = value
+    ctx.node = None
+    outputs = []
+    for info in onnx_graph.output:
+        if info.name not in ctx.values:
+            raise EmberError(f"graph output {info.name!r} is produced by no node")
+        outputs.append((info.name, ctx.values[info.name]))
+    graph.set_outputs(outputs)
+    return graph

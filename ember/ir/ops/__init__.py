@@ -1,0 +1,18 @@
+"""Every op ember knows. Importing this package registers them all in `OPS`.
+
+One module per op family: each defines its OpDefs (schema, inference, numpy reference).
+"""
+
+from __future__ import annotations
+
+from ember.ir.ops.registry import OPS, OpDef, OpRegistry, attr
+
+# Registration happens on import; the order only decides the order of `OPS.names()` ties.
+from ember.ir.ops import core  # noqa: F401  (Input, Constant)
+from ember.ir.ops import elementwise  # noqa: F401
+from ember.ir.ops import linalg  # noqa: F401  (MatMul, Conv, ConvTranspose, BatchNorm)
+from ember.ir.ops import nn  # noqa: F401  (pooling, normalization, softmax)
+from ember.ir.ops import reduce  # noqa: F401  (reductions, ArgMax, CumSum, TopK)
+from ember.ir.ops import movement  # noqa: F401  (reshape, transpose, gather, pad, resize, ...)
+
+__all__ = ["OPS", "OpDef", "OpRegistry", "attr"]

@@ -1,0 +1,281 @@
+"""Elementwise ops with numpy (multidirectional) broadcasting.
+
+Each op is one row: name, arity, attributes, the numpy function and the output dtype rule.
+Variadic ONNX ops (Sum, Mean, Max, Min) are binary here; the frontend chains them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from ember.errors import DTypeError
+from ember.ir.attrs import AttrKind, Attrs, AttrSpec
+from ember.ir.dtypes import DType
+from ember.ir.ops.common import FLOAT_TYPES, as_dtype, broadcast_shapes
+from ember.ir.ops.registry import OPS, OpDef, attr
+from ember.ir.types import TensorType
+
+__all__ = ["ELEMENTWISE_OPS", "erf"]
+
+_erf_scalar = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function in float64 (numpy has none); exact to double rounding."""
+    x = np.asarray(x)
+    if x.size == 0:
+        return x.astype(np.float64)
+    return _erf_scalar(x.astype(np.float64))
+
+
+# -- output dtype rules ---------------------------------------------------------------------
+def _same(inputs: Sequence[TensorType]) -> DType:
+    dtypes = {t.dtype for t in inputs}
+    if len(dtypes) != 1:
+        raise DTypeError(f"inputs must share one dtype, got {[str(t.dtype) for t in inputs]}")
+    return inputs[0].dtype
+
+
+def _first(inputs: Sequence[TensorType]) -> DType:
+    return inputs[0].dtype
+
+
+def _boolean(inputs: Sequence[TensorType]) -> DType:
+    _same(inputs)
+    return DType.BOOL
+
+
+def _is_checks(inputs: Sequence[TensorType]) -> DType:
+    return DType.BOOL
+
+
+def _where(inputs: Sequence[TensorType]) -> DType:
+    if inputs[0].dtype is not DType.BOOL:
+        raise DTypeError(f"Where condition must be bool, got {inputs[0].dtype}")
+    return _same(inputs[1:])
+
+
+def _float_only(rule: Callable[[Sequence[TensorType]], DType]):
+    def checked(inputs: Sequence[TensorType]) -> DType:
+        dtype = rule(inputs)
+        if dtype not in FLOAT_TYPES:
+            raise DTypeError(f"expects a float tensor, got {dtype}")
+        return dtype
+
+    return checked
+
+
+def _bool_only(inputs: Sequence[TensorType]) -> DType:
+    for t in inputs:
+        if t.dtype is not DType.BOOL:
+            raise DTypeError(f"expects bool tensors, got {t.dtype}")
+    return DType.BOOL
+
+
+def _make_infer(rule: Callable[[Sequence[TensorType]], DType]):
+    def infer(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
+        if "to" in attrs:  # Cast
+            return (TensorType(inputs[0].shape, attrs["to"]),)
+        shape = broadcast_shapes(*(t.shape for t in inputs))
+        return (TensorType(shape, rule(inputs)),)
+
+    return infer
+
+
+# -- numpy functions --------------------------------------------------------------------------
+def _div(a, b):
+    if np.issubdtype(a.dtype, np.integer):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.trunc(a.astype(np.float64) / b).astype(a.dtype)
+    return np.divide(a, b)
+
+
+def _pow(a, b):
+    if np.issubdtype(a.dtype, np.integer):
+        return np.power(a.astype(np.float64), b).astype(a.dtype)
+    return np.power(a, b.astype(a.dtype))
+
+
+def _clip(x, *, min=None, max=None):  # noqa: A002  (ONNX's names)
+    if min is not None:
+        x = np.maximum(x, np.asarray(min).astype(x.dtype))
+    if max is not None:
+        x = np.minimum(x, np.asarray(max).astype(x.dtype))
+    return x
+
+
+def _gelu(x, *, approximate="none"):
+    xf = x.astype(np.float64)
+    if approximate == "tanh":
+        y = 0.5 * xf * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (xf + 0.044715 * xf**3)))
+    else:
+        y = 0.5 * xf * (1.0 + erf(xf / math.sqrt(2.0)))
+    return y
+
+
+def _mish(x):
+    xf = x.astype(np.float64)
+    return xf * np.tanh(np.logaddexp(0.0, xf))
+
+
+def _sigmoid(x):
+    xf = x.astype(np.float64)
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-xf))
+
+
+def _isinf(x, *, detect_negative=1, detect_positive=1):
+    out = np.zeros(x.shape, dtype=bool)
+    if detect_negative:
+        out |= np.isneginf(x)
+    if detect_positive:
+        out |= np.isposinf(x)
+    return out
+
+
+def _cast(x, *, to: DType):
+    if to.is_integer and x.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            return x.astype(to.np_dtype)
+    return x.astype(to.np_dtype)
+
+
+def _unary_float(fn):
+    def run(x, **attrs):
+        with np.errstate(all="ignore"):
+            return fn(x.astype(np.float64), **attrs)
+
+    return run
+
+
+_SELU_ALPHA = 1.67326319217681884765625
+_SELU_GAMMA = 1.05070102214508056640625
+
+_F = AttrKind.FLOAT
+
+# name: (arity, numpy function, dtype rule, attributes, commutative)
+ELEMENTWISE_OPS: dict[str, tuple] = {
+    # arithmetic
+    "Add": (2, np.add, _same, (), True),
+    "Sub": (2, np.subtract, _same, (), False),
+    "Mul": (2, np.multiply, _same, (), True),
+    "Div": (2, _div, _same, (), False),
+    "Pow": (2, _pow, _first, (), False),
+    "Max": (2, np.maximum, _same, (), True),
+    "Min": (2, np.minimum, _same, (), True),
+    "PRelu": (2, lambda x, s: np.where(x < 0, x * s, x), _same, (), False),
+    "Neg": (1, np.negative, _same, (), False),
+    "Abs": (1, np.abs, _same, (), False),
+    "Sign": (1, np.sign, _same, (), False),
+    "Relu": (1, lambda x: np.maximum(x, x.dtype.type(0)), _same, (), False),
+    "Clip": (1, _clip, _same, (attr("min", _F, None), attr("max", _F, None)), False),
+    # float math
+    "Sqrt": (1, _unary_float(np.sqrt), _float_only(_same), (), False),
+    "Reciprocal": (1, _unary_float(np.reciprocal), _float_only(_same), (), False),
+    "Exp": (1, _unary_float(np.exp), _float_only(_same), (), False),
+    "Log": (1, _unary_float(np.log), _float_only(_same), (), False),
+    "Floor": (1, np.floor, _float_only(_same), (), False),
+    "Ceil": (1, np.ceil, _float_only(_same), (), False),
+    "Round": (1, np.round, _float_only(_same), (), False),
+    "Erf": (1, _unary_float(erf), _float_only(_same), (), False),
+    "Tanh": (1, _unary_float(np.tanh), _float_only(_same), (), False),
+    "Sin": (1, _unary_float(np.sin), _float_only(_same), (), False),
+    "Cos": (1, _unary_float(np.cos), _float_only(_same), (), False),
+    "Sigmoid": (1, _sigmoid, _float_only(_same), (), False),
+    "Softplus": (1, _unary_float(lambda x: np.logaddexp(0.0, x)), _float_only(_same), (), False),
+    "Mish": (1, _unary_float(_mish), _float_only(_same), (), False),
+    "Gelu": (
+        1,
+        _unary_float(_gelu),
+        _float_only(_same),
+        (attr("approximate", AttrKind.STRING, "none", ("none", "tanh")),),
+        False,
+    ),
+    "LeakyRelu": (
+        1,
+        _unary_float(lambda x, alpha: np.where(x < 0, alpha * x, x)),
+        _float_only(_same),
+        (attr("alpha", _F, 0.01),),
+        False,
+    ),
+    "Elu": (
+        1,
+        _unary_float(lambda x, alpha: np.where(x < 0, alpha * (np.exp(x) - 1.0), x)),
+        _float_only(_same),
+        (attr("alpha", _F, 1.0),),
+        False,
+    ),
+    "Selu": (
+        1,
+        _unary_float(
+            lambda x, alpha, gamma: gamma * np.where(x <= 0, alpha * (np.exp(x) - 1.0), x)
+        ),
+        _float_only(_same),
+        (attr("alpha", _F, _SELU_ALPHA), attr("gamma", _F, _SELU_GAMMA)),
+        False,
+    ),
+    "HardSigmoid": (
+        1,
+        _unary_float(lambda x, alpha, beta: np.clip(alpha * x + beta, 0.0, 1.0)),
+        _float_only(_same),
+        (attr("alpha", _F, 0.2), attr("beta", _F, 0.5)),
+        False,
+    ),
+    "HardSwish": (
+        1,
+        _unary_float(lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0)),
+        _float_only(_same),
+        (),
+        False,
+    ),
+    # comparisons and logic
+    "Equal": (2, np.equal, _boolean, (), True),
+    "Less": (2, np.less, _boolean, (), False),
+    "LessOrEqual": (2, np.less_equal, _boolean, (), False),
+    "Greater": (2, np.greater, _boolean, (), False),
+    "GreaterOrEqual": (2, np.greater_equal, _boolean, (), False),
+    "Not": (1, np.logical_not, _bool_only, (), False),
+    "And": (2, np.logical_and, _bool_only, (), True),
+    "Or": (2, np.logical_or, _bool_only, (), True),
+    "Xor": (2, np.logical_xor, _bool_only, (), True),
+    "IsNaN": (1, np.isnan, _is_checks, (), False),
+    "IsInf": (
+        1,
+        _isinf,
+        _is_checks,
+        (attr("detect_negative", AttrKind.INT, 1), attr("detect_positive", AttrKind.INT, 1)),
+        False,
+    ),
+    "Where": (3, lambda c, x, y: np.where(c, x, y), _where, (), False),
+    "Cast": (1, _cast, _first, (attr("to", AttrKind.DTYPE),), False),
+}
+
+
+def _register(name: str, arity: int, fn, rule, attrs: tuple[AttrSpec, ...], commutative: bool):
+    infer = _make_infer(rule)
+
+    def reference(*arrays, **kwargs):
+        out_type = infer([TensorType(a.shape, DType.from_numpy(a.dtype)) for a in arrays],
+                         Attrs(kwargs))[0]
+        with np.errstate(all="ignore"):
+            result = fn(*arrays, **kwargs)
+        return as_dtype(np.broadcast_to(result, out_type.shape), out_type.dtype)
+
+    OPS.register(
+        OpDef(
+            name,
+            infer,
+            reference,
+            attrs=attrs,
+            num_inputs=(arity, arity),
+            elementwise=True,
+            commutative=commutative,
+        )
+    )
+
+
+for _name, (_arity, _fn, _rule, _attrs, _comm) in ELEMENTWISE_OPS.items():
+    _register(_name, _arity, _fn, _rule, _attrs, _comm)

@@ -1,0 +1,192 @@
+"""Runs an ExecutionPlan on one OpenCL device.
+
+All the plan's kernels are built as one program (one build per model; built programs are
+kept per process and shared between models). Buffers are allocated once per executor and
+reused between calls; constants are uploaded once. Host steps read their inputs back, run the
+numpy reference and write their outputs to the device again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ember.codegen.kernels import IN, OUT, TMP, Kernel, program_header
+from ember.errors import CompileError, DeviceError
+from ember.ir import OPS
+from ember.runtime.device import OpenCLDevice
+from ember.runtime.plan import HOST, ExecutionPlan, Step
+
+__all__ = ["OpenCLExecutor", "build_program", "program_source"]
+
+log = logging.getLogger(__name__)
+
+_PROGRAMS: dict[tuple[int, str], object] = {}
+_PROGRAMS_LOCK = threading.Lock()
+
+
+def program_source(kernels: list[Kernel]) -> str:
+    return program_header(kernels) + "\n".join(k.source for k in kernels)
+
+
+def build_program(device: OpenCLDevice, source: str, options: tuple[str, ...] = ()):
+    """Build (or reuse) a program. A failure raises CompileError with the build log and the
+    path of the source written out for reading."""
+    import pyopencl as cl
+
+    digest = hashlib.sha256((source + "\0" + " ".join(options)).encode()).hexdigest()
+    key = (id(device.context), digest)
+    with _PROGRAMS_LOCK:
+        program = _PROGRAMS.get(key)
+    if program is not None:
+        return program
+    start = time.perf_counter()
+    try:
+        program = cl.Program(device.context, source).build(options=list(options))
+    except cl.Error as exc:
+        path = Path(tempfile.gettempdir()) / f"ember-failed-{digest[:16]}.cl"
+        path.write_text(source)
+        log_text = ""
+        try:
+            log_text = str(getattr(exc, "what", lambda: exc)())
+        except Exception:  # noqa: BLE001 - the log is best effort; the error still stands
+            log_text = str(exc)
+        raise CompileError(
+            f"OpenCL build failed on {device.info.traits.name}", log_text, str(path)
+        ) from None
+    log.debug("built program %s in %.3fs", digest[:12], time.perf_counter() - start)
+    with _PROGRAMS_LOCK:
+        _PROGRAMS[key] = program
+    return program
+
+
+class _BoundLaunch:
+    __slots__ = ("kernel", "global_size", "local_size")
+
+    def __init__(self, kernel, global_size, local_size) -> None:
+        self.kernel = kernel
+        self.global_size = global_size
+        self.local_size = local_size
+
+
+class OpenCLExecutor:
+    def __init__(self, plan: ExecutionPlan, device: OpenCLDevice) -> None:
+        import pyopencl as cl
+
+        self._cl = cl
+        self.plan = plan
+        self.device = device
+        kernels = plan.kernels()
+        self.program = build_program(device, program_source(kernels)) if kernels else None
+        self.buffers: dict[int, object] = {}
+        for slot in plan.slots:
+            if slot.alias_of is None:
+                self.buffers[slot.index] = cl.Buffer(
+                    device.context, cl.mem_flags.READ_WRITE, max(slot.type.nbytes, 1)
+                )
+        for slot in plan.slots:
+            if slot.alias_of is not None:
+                self.buffers[slot.index] = self.buffers[plan.root(slot.index)]
+        for index, array in plan.constants.items():
+            self._write(index, array)
+        self._steps = [(step, self._bind(step)) for step in plan.steps]
+        device.queue.finish()
+
+    # -- setup ----------------------------------------------------------------------------
+    def _bind(self, step: Step) -> list[_BoundLaunch]:
+        if step.placement == HOST or step.lowered is None:
+            return []
+        cl = self._cl
+        temps = [
+            cl.Buffer(self.device.context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
+            for nbytes in step.lowered.temps
+        ]
+        bound = []
+        for launch in step.lowered.launches:
+            kernel = cl.Kernel(self.program, launch.kernel.name)
+            args = []
+            for kind, i in launch.args:
+                if kind == IN:
+                    args.append(self.buffers[step.inputs[i]])
+                elif kind == OUT:
+                    args.append(self.buffers[step.outputs[i]])
+                elif kind == TMP:
+                    args.append(temps[i])
+                else:
+                    raise AssertionError(f"unknown launch argument kind {kind}")
+            kernel.set_args(*args)
+            bound.append(_BoundLaunch(kernel, launch.global_size, launch.local_size))
+        return bound
+
+    # -- transfers ------------------------------------------------------------------------
+    def _write(self, slot: int, array: np.ndarray) -> None:
+        t = self.plan.slots[slot].type
+        array = np.ascontiguousarray(array, dtype=t.dtype.np_dtype)
+        if array.nbytes:
+            self._cl.enqueue_copy(self.device.queue, self.buffers[slot], array, is_blocking=False)
+
+    # -- running --------------------------------------------------------------------------
+    def run(self, inputs: Mapping[str, np.ndarray], *, profile: bool = False):
+        """Run the plan. With `profile`, also returns per-step seconds."""
+        cl = self._cl
+        queue = self.device.profiling_queue if profile else self.device.queue
+        for name, slot in self.plan.inputs.items():
+            array = np.ascontiguousarray(inputs[name], dtype=self.plan.slots[slot].type.dtype.np_dtype)
+            if array.nbytes:
+                cl.enqueue_copy(queue, self.buffers[slot], array, is_blocking=True)
+        timings: list[tuple[str, str, float]] = []
+        for step, launches in self._steps:
+            if step.placement == HOST:
+                start = time.perf_counter()
+                self._run_host(step, queue)
+                if profile:
+                    timings.append((step.name, step.op, time.perf_counter() - start))
+                continue
+            events = []
+            for launch in launches:
+                try:
+                    events.append(
+                        cl.enqueue_nd_range_kernel(
+                            queue, launch.kernel, launch.global_size, launch.local_size
+                        )
+                    )
+                except cl.Error as exc:
+                    raise DeviceError(f"launching {step.op} {step.name!r} failed: {exc}") from exc
+            if profile:
+                queue.finish()
+                seconds = sum((e.profile.end - e.profile.start) * 1e-9 for e in events)
+                timings.append((step.name, step.op, seconds))
+        results = {}
+        for name, slot in self.plan.outputs:
+            results[name] = self._read_from(queue, slot)
+        if profile:
+            return results, timings
+        return results
+
+    def _read_from(self, queue, slot: int) -> np.ndarray:
+        t = self.plan.slots[slot].type
+        out = np.empty(t.shape, dtype=t.dtype.np_dtype)
+        if out.nbytes:
+            self._cl.enqueue_copy(queue, out, self.buffers[slot], is_blocking=True)
+        return out
+
+    def _run_host(self, step: Step, queue) -> None:
+        args = []
+        for slot in step.inputs:
+            constant = self.plan.constants.get(slot)
+            args.append(constant if constant is not None else self._read_from(queue, slot))
+        results = OPS[step.op].evaluate(args, step.attrs)
+        for slot, result in zip(step.outputs, results):
+            t = self.plan.slots[slot].type
+            array = np.ascontiguousarray(np.asarray(result).astype(t.dtype.np_dtype, copy=False))
+            if array.shape != t.shape:
+                array = array.reshape(t.shape)
+            if array.nbytes:
+                self._cl.enqueue_copy(queue, self.buffers[slot], array, is_blocking=True)
