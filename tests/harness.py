@@ -1,0 +1,75 @@
+"""Run one op through ember on a target and compare it with the op's numpy reference.
+
+TOLERANCE is the one table of allowed error per dtype (rtol, atol); integer and bool
+results must be exact. Float16 is stored as half and computed in float, so its bound is one
+half-precision rounding of the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+import ember
+from ember.frontends.builder import GraphBuilder
+from ember.ir import OPS, DType, Value
+
+__all__ = ["TOLERANCE", "assert_close", "run_op", "check_op", "relative_l2"]
+
+TOLERANCE: dict[DType, tuple[float, float]] = {
+    DType.FLOAT32: (1e-5, 1e-5),
+    DType.FLOAT16: (2e-3, 2e-3),
+    DType.FLOAT64: (1e-12, 1e-12),
+}
+
+
+def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:
+    a = np.asarray(actual, np.float64)
+    e = np.asarray(expected, np.float64)
+    denom = np.linalg.norm(e.ravel())
+    return float(np.linalg.norm((a - e).ravel()) / (denom if denom > 0 else 1.0))
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, what: str = "output",
+                 tolerance: tuple[float, float] | None = None) -> None:
+    """Same shape and dtype; floats within TOLERANCE[dtype] (NaN must match NaN)."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    dtype = DType.from_numpy(expected.dtype)
+    if dtype.is_float:
+        rtol, atol = tolerance or TOLERANCE.get(dtype, (1e-5, 1e-5))
+        np.testing.assert_allclose(
+            actual.astype(np.float64), expected.astype(np.float64), rtol=rtol, atol=atol,
+            equal_nan=True, err_msg=what,
+        )
+    else:
+        np.testing.assert_array_equal(actual, expected, err_msg=what)
+
+
+def run_op(op: str, arrays: Sequence[np.ndarray], attrs: Mapping[str, Any] | None = None,
+           *, target: str, strict: bool = True) -> tuple[list[np.ndarray], ember.CompiledModel]:
+    """Build a one-node graph (inputs in0.., outputs out0..), compile at O0 and run it.
+    strict=True makes sure the op really ran as a device kernel."""
+    b = GraphBuilder(f"single_{op}")
+    values = [b.input(f"in{i}", a.shape, DType.from_numpy(a.dtype)) for i, a in enumerate(arrays)]
+    result = b.op(op, *values, **dict(attrs or {}))
+    results = (result,) if isinstance(result, Value) else result
+    for i, value in enumerate(results):
+        b.output(f"out{i}", value)
+    model = ember.compile(b.build(), target=target, opt_level=0, strict=strict and target != "cpu")
+    outputs = model(**{f"in{i}": a for i, a in enumerate(arrays)})
+    return [outputs[f"out{i}"] for i in range(len(results))], model
+
+
+def check_op(op: str, arrays: Sequence[np.ndarray], attrs: Mapping[str, Any] | None = None,
+             *, target: str, tolerance: tuple[float, float] | None = None) -> ember.CompiledModel:
+    """Assert that ember's result for one op equals the numpy reference."""
+    opdef = OPS[op]
+    expected = opdef.evaluate(list(arrays), opdef.make_attrs(dict(attrs or {})))
+    actual, model = run_op(op, arrays, attrs, target=target)
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert_close(a, e, f"{op} output {i}", tolerance)
+    return model
