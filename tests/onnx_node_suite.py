@@ -1,0 +1,98 @@
+"""ONNX's own backend node tests (from the installed onnx package), scoped to ember's ops.
+
+A node test is in scope when every op of its graph is one ember converts (the list below,
+plus Constant). `python -m tests.onnx_node_suite [SUBSTRING]` runs the in-scope cases
+directly and prints each failure with its reason and the pass rate; the pytest module
+`test_onnx_node_suite.py` runs the same cases through onnx's BackendTest runner.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+import traceback
+
+import numpy as np
+
+ISSUE_OPS = frozenset("""
+Add Sub Mul Div Pow Sqrt Reciprocal Exp Log Neg Abs Floor Ceil Round Sign Erf Tanh Sigmoid
+Relu LeakyRelu Elu Selu PRelu Clip HardSigmoid HardSwish Softplus Gelu Mish Sin Cos Where
+Equal Less LessOrEqual Greater GreaterOrEqual Not And Or Xor Max Min Mean Sum Cast IsNaN IsInf
+MatMul Gemm Conv ConvTranspose BatchNormalization
+MaxPool AveragePool GlobalAveragePool GlobalMaxPool
+Softmax LogSoftmax LayerNormalization InstanceNormalization LRN ReduceMean ReduceSum ReduceMax
+ReduceMin ReduceProd ReduceL2 ReduceSumSquare ArgMax ArgMin CumSum TopK
+Reshape Flatten Transpose Squeeze Unsqueeze Concat Split Slice Gather GatherElements Expand
+Tile Pad Resize DepthToSpace SpaceToDepth Identity Dropout Shape Size ConstantOfShape Range
+OneHot Trilu EyeLike Constant
+""".split())
+
+# Cases in scope that ember does not pass, each with its reason (the README lists them).
+KNOWN_FAILURES: dict[str, str] = {}
+
+
+def _graph_ops(graph) -> set[str]:
+    ops = set()
+    for node in graph.node:
+        ops.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}")
+        for attr in node.attribute:
+            if attr.g is not None and attr.g.node:
+                ops |= _graph_ops(attr.g)
+    return ops
+
+
+@functools.lru_cache(maxsize=1)
+def in_scope_cases() -> tuple:
+    import warnings
+
+    from onnx.backend.test.loader import load_model_tests
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = load_model_tests(kind="node")
+    return tuple(c for c in cases if c.model is not None and _graph_ops(c.model.graph) <= ISSUE_OPS)
+
+
+def run_case(case) -> None:
+    """Run one node test case through ember's backend; raise AssertionError on mismatch."""
+    from ember.onnx_backend import EmberBackend
+
+    rep = EmberBackend.prepare(case.model, "CPU")
+    for inputs, expected in case.data_sets:
+        outputs = rep.run(inputs)
+        assert len(outputs) == len(expected), f"{len(outputs)} outputs, expected {len(expected)}"
+        for out, ref in zip(outputs, expected):
+            ref = np.asarray(ref)
+            out = np.asarray(out)
+            assert out.shape == ref.shape, f"shape {out.shape} != {ref.shape}"
+            assert out.dtype == ref.dtype, f"dtype {out.dtype} != {ref.dtype}"
+            if ref.dtype.kind in "fc":
+                np.testing.assert_allclose(out, ref, rtol=case.rtol, atol=case.atol)
+            else:
+                np.testing.assert_array_equal(out, ref)
+
+
+def main(argv: list[str]) -> int:
+    pattern = argv[0] if argv else ""
+    cases = [c for c in in_scope_cases() if pattern in c.name]
+    failed = []
+    start = time.perf_counter()
+    for case in cases:
+        try:
+            run_case(case)
+        except Exception as exc:  # noqa: BLE001 - a report lists every kind of failure
+            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            if "-v" in argv:
+                message += "\n" + traceback.format_exc()
+            failed.append((case.name, message[:300]))
+    for name, message in failed:
+        print(f"FAIL {name}: {message}")
+    passed = len(cases) - len(failed)
+    print(f"{passed}/{len(cases)} in-scope node tests pass "
+          f"({100.0 * passed / max(len(cases), 1):.1f}%) in {time.perf_counter() - start:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
