@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 from onnx.backend.base import Backend, BackendRep, namedtupledict
 
 from ember.compiler import CompiledModel, compile
@@ -19,6 +20,12 @@ from ember.errors import NonConstantInputError
 from ember.frontends.onnx import import_onnx, input_signature, load_model
 
 __all__ = ["EmberBackend", "EmberRep", "prepare", "run_model", "supports_device"]
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    return np.asarray(value)
 
 
 class EmberRep(BackendRep):
@@ -52,11 +59,11 @@ class EmberRep(BackendRep):
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
         if isinstance(inputs, dict):
-            feeds = {name: np.asarray(inputs[name]) for name in self.input_names}
+            feeds = {name: _as_array(inputs[name]) for name in self.input_names}
         else:
-            if isinstance(inputs, np.ndarray):
+            if isinstance(inputs, (np.ndarray, onnx.TensorProto)):
                 inputs = [inputs]
-            feeds = {name: np.asarray(a) for name, a in zip(self.input_names, inputs)}
+            feeds = {name: _as_array(a) for name, a in zip(self.input_names, inputs)}
         compiled, frozen = self._compile_for(feeds)
         outputs = compiled(**{n: a for n, a in feeds.items() if n not in frozen})
         return namedtupledict("Outputs", self.output_names)(

@@ -14,6 +14,8 @@ import time
 import traceback
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 
 ISSUE_OPS = frozenset("""
 Add Sub Mul Div Pow Sqrt Reciprocal Exp Log Neg Abs Floor Ceil Round Sign Erf Tanh Sigmoid
@@ -63,7 +65,7 @@ def run_case(case) -> None:
         outputs = rep.run(inputs)
         assert len(outputs) == len(expected), f"{len(outputs)} outputs, expected {len(expected)}"
         for out, ref in zip(outputs, expected):
-            ref = np.asarray(ref)
+            ref = numpy_helper.to_array(ref) if isinstance(ref, onnx.TensorProto) else np.asarray(ref)
             out = np.asarray(out)
             assert out.shape == ref.shape, f"shape {out.shape} != {ref.shape}"
             assert out.dtype == ref.dtype, f"dtype {out.dtype} != {ref.dtype}"
