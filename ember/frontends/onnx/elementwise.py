@@ -58,10 +58,12 @@ def _clip(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
 @onnx_op("Cast")
 def _cast(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
     to = DType.from_onnx(ctx.attr(node, "to"))
-    return [ctx.add("Cast", [ctx.input(node, 0)], {"to": to})]
+    saturate = ctx.attr(node, "saturate", 1)
+    return [ctx.add("Cast", [ctx.input(node, 0)], {"to": to, "saturate": saturate})]
 
 
 @onnx_op("CastLike")
 def _cast_like(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
     to = ctx.type_of(ctx.input(node, 1)).dtype
-    return [ctx.add("Cast", [ctx.input(node, 0)], {"to": to})]
+    saturate = ctx.attr(node, "saturate", 1)
+    return [ctx.add("Cast", [ctx.input(node, 0)], {"to": to, "saturate": saturate})]

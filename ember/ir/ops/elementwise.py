@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from ember.errors import DTypeError
@@ -136,7 +137,14 @@ def _isinf(x, *, detect_negative=1, detect_positive=1):
     return out
 
 
-def _cast(x, *, to: DType):
+_FLOAT8 = {DType.FLOAT8E4M3FN, DType.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2, DType.FLOAT8E5M2FNUZ}
+
+
+def _cast(x, *, to: DType, saturate: int = 1):
+    if to in _FLOAT8 and saturate:
+        # ONNX saturates out-of-range values (inf included) to the largest finite float8.
+        info = ml_dtypes.finfo(to.np_dtype)
+        return np.clip(x.astype(np.float32), float(info.min), float(info.max)).astype(to.np_dtype)
     if to.is_integer and x.dtype.kind == "f":
         with np.errstate(invalid="ignore"):
             return x.astype(to.np_dtype)
@@ -250,7 +258,9 @@ ELEMENTWISE_OPS: dict[str, tuple] = {
         False,
     ),
     "Where": (3, lambda c, x, y: np.where(c, x, y), _where, (), False),
-    "Cast": (1, _cast, _first, (attr("to", AttrKind.DTYPE),), False),
+    "Cast": (
+        1, _cast, _first, (attr("to", AttrKind.DTYPE), attr("saturate", AttrKind.INT, 1)), False
+    ),
 }
 
 
