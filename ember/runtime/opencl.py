@@ -96,6 +96,7 @@ class OpenCLExecutor:
                 self.buffers[slot.index] = self.buffers[plan.root(slot.index)]
         for index, array in plan.constants.items():
             self._write(index, array)
+        self._temps: list[list[object]] = []
         self._steps = [(step, self._bind(step)) for step in plan.steps]
         device.queue.finish()
 
@@ -108,6 +109,8 @@ class OpenCLExecutor:
             cl.Buffer(self.device.context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
             for nbytes in step.lowered.temps
         ]
+        # Kernel args do not keep their buffers alive: the executor must (else use-after-free).
+        self._temps.append(temps)
         bound = []
         for launch in step.lowered.launches:
             kernel = cl.Kernel(self.program, launch.kernel.name)

@@ -1,0 +1,104 @@
+"""Conv and ConvTranspose kernels, for any number of spatial axes (1-D, 2-D and 3-D alike).
+
+Both are implicit GEMMs on the tiling of tiled_gemm.cl.j2 (GemmParams from matmul.py): the
+weight of one group is the A matrix, and the B tile is gathered from X while it is loaded.
+Convolutions whose groups have one input channel (depthwise) use a direct kernel instead,
+since their GEMM would have a single row of K.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+from ember.codegen.elementwise import compute_type, extensions_for, load_expr, store_stmt
+from ember.codegen.families import Target
+from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
+from ember.codegen.matmul import gemm_launch, gemm_params, index_type
+from ember.codegen.render import contiguous_strides, kernel_name, render
+from ember.ir.ops.linalg import ConvGeometry, conv_geometry
+
+__all__ = ["build_conv", "build_conv_transpose"]
+
+
+def _common(spec: NodeSpec, g: ConvGeometry) -> dict[str, Any]:
+    """Template values shared by the three convolution templates."""
+    x = spec.inputs[0]
+    dtype = x.dtype
+    return {
+        "rank": g.rank,
+        "in_spatial": g.in_spatial,
+        "out_spatial": g.out_spatial,
+        "kernel": g.kernel,
+        "strides": g.strides,
+        "dilations": g.dilations,
+        "pads_begin": g.pads_begin,
+        "group": g.group,
+        "cin": g.in_channels,
+        "cout": g.out_channels,
+        "cig": g.cin_per_group,
+        "cog": g.cout_per_group,
+        "ksize": math.prod(g.kernel),
+        "kdim": g.cin_per_group * math.prod(g.kernel),
+        "in_size": math.prod(g.in_spatial),
+        "out_size": math.prod(g.out_spatial),
+        "in_strides": contiguous_strides(g.in_spatial),
+        "k_strides": contiguous_strides(g.kernel),
+        "batches": g.batch * g.group,
+        "has_bias": len(spec.inputs) > 2,
+        "acc": compute_type(dtype),
+        "idx": index_type([*spec.inputs, *spec.outputs]),
+        "x_ptr": dtype.cl_name,
+        "load_x_dtype": functools.partial(load_expr, dtype),
+        "store_y": functools.partial(store_stmt, dtype, "y"),
+        "label": " ".join(str(t) for t in spec.inputs) + f" -> {spec.outputs[0]}",
+    }
+
+
+def _args(spec: NodeSpec) -> tuple[tuple[str, int], ...]:
+    return tuple((IN, i) for i in range(len(spec.inputs))) + ((OUT, 0),)
+
+
+def _itemsize(acc: str) -> int:
+    return 8 if acc == "double" else 4
+
+
+def _gemm_lowered(kind: str, template: str, spec: NodeSpec, g: ConvGeometry,
+                  target: Target) -> Lowered:
+    values = _common(spec, g)
+    params = gemm_params(target, values["cog"], values["out_size"], values["kdim"],
+                         _itemsize(values["acc"]))
+    name = kernel_name(kind, spec.inputs, spec.outputs, spec.attrs.key(), params)
+    source = render(template, name=name, p=params, **values)
+    kernel = Kernel(name, source, extensions_for([spec.outputs[0].dtype]))
+    global_size, local_size = gemm_launch(params, values["cog"], values["out_size"],
+                                          values["batches"])
+    return Lowered((Launch(kernel, global_size, local_size, _args(spec)),))
+
+
+def _direct_lowered(spec: NodeSpec, g: ConvGeometry) -> Lowered:
+    values = _common(spec, g)
+    total = spec.outputs[0].size
+    name = kernel_name("conv_direct", spec.inputs, spec.outputs, spec.attrs.key())
+    source = render("conv_direct.cl.j2", name=name, total=total, **values)
+    kernel = Kernel(name, source, extensions_for([spec.outputs[0].dtype]))
+    return Lowered((Launch(kernel, (total,), None, _args(spec)),))
+
+
+@kernel_builder("Conv")
+def build_conv(spec: NodeSpec, target: Target) -> Lowered | None:
+    g = conv_geometry(spec.inputs[0].shape, spec.inputs[1].shape, spec.attrs)
+    if spec.outputs[0].size == 0:
+        return Lowered(())
+    if g.cin_per_group == 1:
+        return _direct_lowered(spec, g)
+    return _gemm_lowered("conv", "conv.cl.j2", spec, g, target)
+
+
+@kernel_builder("ConvTranspose")
+def build_conv_transpose(spec: NodeSpec, target: Target) -> Lowered | None:
+    g = conv_geometry(spec.inputs[0].shape, spec.inputs[1].shape, spec.attrs, transpose=True)
+    if spec.outputs[0].size == 0:
+        return Lowered(())
+    return _gemm_lowered("conv_transpose", "conv_transpose.cl.j2", spec, g, target)

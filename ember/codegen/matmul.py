@@ -1,0 +1,175 @@
+"""The local-memory tiled GEMM: its tunables, their constraints, defaults per device family,
+and the MatMul kernel builder. Conv and ConvTranspose reuse the same tiling (conv.py).
+
+`GemmParams` is the one place that says what a legal parameter set is; `gemm_params`
+picks the family default, falls back to smaller sets when a device cannot take it, and
+shrinks tiles along dimensions that are smaller than a tile (a GEMV has M = 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from ember.codegen.elementwise import compute_type, extensions_for, load_expr, store_stmt
+from ember.codegen.families import Target
+from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
+from ember.codegen.render import broadcast_strides, kernel_name, render
+from ember.ir import DType, TensorType
+from ember.ir.ops.linalg import matmul_dims
+
+__all__ = [
+    "GemmParams", "DEFAULT_GEMM_PARAMS", "gemm_params", "gemm_launch", "index_type",
+    "build_matmul",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GemmParams:
+    """Tunables of tiled_gemm.cl.j2 (see its header for what each one does)."""
+
+    tile_m: int
+    tile_n: int
+    tile_k: int
+    wpt_m: int
+    wpt_n: int
+    lmem_pad: int = 0
+
+    @property
+    def local_m(self) -> int:
+        return self.tile_m // self.wpt_m
+
+    @property
+    def local_n(self) -> int:
+        return self.tile_n // self.wpt_n
+
+    @property
+    def threads(self) -> int:
+        return self.local_m * self.local_n
+
+    def local_bytes(self, itemsize: int) -> int:
+        return self.tile_k * (self.tile_m + self.tile_n + 2 * self.lmem_pad) * itemsize
+
+    def violations(self, target: Target, itemsize: int = 4) -> list[str]:
+        """Every constraint this set breaks on `target`, each with its reason."""
+        rules = [
+            (min(self.tile_m, self.tile_n, self.tile_k, self.wpt_m, self.wpt_n) >= 1,
+             "tiles and work per item are >= 1"),
+            (self.tile_m % self.wpt_m == 0, "tile_m % wpt_m == 0: integer rows per item"),
+            (self.tile_n % self.wpt_n == 0, "tile_n % wpt_n == 0: integer columns per item"),
+            (self.lmem_pad in (0, 1), "lmem_pad is 0 or 1"),
+            (self.wpt_m * self.wpt_n <= 64,
+             "wpt_m * wpt_n <= 64: the register block must not spill"),
+            (self.threads <= target.traits.max_work_group_size,
+             f"local_m * local_n <= {target.traits.max_work_group_size}: the device's largest "
+             f"work-group"),
+            (self.local_bytes(itemsize) <= target.traits.local_mem_bytes,
+             f"two tiles of {itemsize}-byte words fit in {target.traits.local_mem_bytes} bytes "
+             f"of local memory"),
+        ]
+        return [reason for ok, reason in rules if not ok]
+
+    def validate(self, target: Target, itemsize: int = 4) -> None:
+        broken = self.violations(target, itemsize)
+        if broken:
+            raise ValueError(f"{self} breaks: " + "; ".join(broken))
+
+    def fitted(self, m: int, n: int, k: int) -> GemmParams:
+        """The same tiling with tiles halved along dimensions shorter than half a tile, so
+        that small problems do not launch mostly idle work-items."""
+        tile_m, tile_n, tile_k = self.tile_m, self.tile_n, self.tile_k
+        while tile_m > 1 and tile_m % 2 == 0 and tile_m // 2 >= m:
+            tile_m //= 2
+        while tile_n > 1 and tile_n % 2 == 0 and tile_n // 2 >= n:
+            tile_n //= 2
+        while tile_k > 1 and tile_k % 2 == 0 and tile_k // 2 >= k:
+            tile_k //= 2
+        return replace(self, tile_m=tile_m, tile_n=tile_n, tile_k=tile_k,
+                       wpt_m=math.gcd(self.wpt_m, tile_m), wpt_n=math.gcd(self.wpt_n, tile_n))
+
+
+# Defaults per family (a later issue tunes them). GPUs: 16x16 work-items with 4x4 blocks,
+# the classic shape for 64-wide tiles. CPU (PoCL runs a work-group as loops over its items):
+# 8x8 items with 8x8 blocks measured best of a small sweep, at 1.5-2 GFLOP/s on a 512^3
+# product and a 64-channel 3x3 conv (2 Zen 4 cores), about what DESIGN.md expects of a
+# local-memory kernel there; register-tiled floatN kernels are the way past it.
+DEFAULT_GEMM_PARAMS: dict[str, GemmParams] = {
+    "nvidia": GemmParams(64, 64, 16, 4, 4, 1),
+    "amd-gcn": GemmParams(64, 64, 16, 4, 4, 1),
+    "amd-rdna": GemmParams(64, 64, 16, 4, 4, 1),
+    "intel-gpu": GemmParams(32, 32, 16, 2, 4, 1),
+    "gpu": GemmParams(32, 32, 16, 2, 2, 1),
+    "cpu": GemmParams(64, 64, 16, 8, 8, 0),
+    "generic": GemmParams(16, 16, 16, 2, 2, 0),
+}
+# Tried in order when the family default does not fit the device; the last always does.
+_FALLBACKS = (GemmParams(16, 16, 16, 2, 2, 0), GemmParams(8, 8, 8, 1, 1, 0),
+              GemmParams(1, 1, 1, 1, 1, 0))
+
+
+def gemm_params(target: Target, m: int, n: int, k: int, itemsize: int) -> GemmParams:
+    """The tiling for an M x N x K product on `target`: family default, else a fallback."""
+    first = DEFAULT_GEMM_PARAMS.get(target.family.name, DEFAULT_GEMM_PARAMS["generic"])
+    for params in (first, *_FALLBACKS):
+        fitted = params.fitted(m, n, k)
+        if not fitted.violations(target, itemsize):
+            if params is not first:
+                log.debug("gemm params %s do not fit %s; using %s", first,
+                          target.traits.name, params)
+            return fitted
+    raise AssertionError(f"no GEMM tiling fits {target.traits.name}")
+
+
+def gemm_launch(params: GemmParams, m: int, n: int, batches: int
+                ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(global size, local size) of a tiled GEMM kernel."""
+    global_size = (-(-n // params.tile_n) * params.local_n,
+                   -(-m // params.tile_m) * params.local_m, batches)
+    return global_size, (params.local_n, params.local_m, 1)
+
+
+def index_type(types: Sequence[TensorType]) -> str:
+    """int indices while every tensor has fewer than 2**31 elements, long beyond."""
+    return "int" if all(t.size < 2**31 for t in types) else "long"
+
+
+@kernel_builder("MatMul")
+def build_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
+    a, b = spec.inputs
+    out = spec.outputs[0]
+    if out.dtype is DType.BOOL or out.dtype.cl_name is None:
+        return None
+    trans_a, trans_b = spec.attrs["trans_a"], spec.attrs["trans_b"]
+    dims = matmul_dims(a.shape, b.shape, trans_a, trans_b)
+    if out.size == 0:
+        return Lowered(())
+    m, n, k = dims.m, dims.n, dims.k
+    acc = compute_type(out.dtype)
+    params = gemm_params(target, m, n, k, 8 if acc in ("double", "long", "ulong") else 4)
+    batch_axes = [
+        {"size": size, "a_stride": sa * m * k, "b_stride": sb * k * n}
+        for size, sa, sb in zip(dims.batch, broadcast_strides(dims.a_batch, dims.batch),
+                                broadcast_strides(dims.b_batch, dims.batch))
+        if size > 1
+    ]
+    a_off = "a_base + gk * {} + gm".format(m) if trans_a else "a_base + gm * {} + gk".format(k)
+    b_off = "b_base + gn * {} + gk".format(k) if trans_b else "b_base + gk * {} + gn".format(n)
+    key = (a, b, out, trans_a, trans_b, params)
+    name = kernel_name("matmul", *key)
+    source = render(
+        "matmul.cl.j2",
+        name=name, p=params, m=m, n=n, k=k, acc=acc, idx=index_type([a, b, out]),
+        trans_a=trans_a, trans_b=trans_b, batches=dims.batch_size, batch_shape=dims.batch,
+        batch_axes=batch_axes,
+        a_ptr=a.dtype.cl_name, b_ptr=b.dtype.cl_name, c_ptr=out.dtype.cl_name,
+        load_a=load_expr(a.dtype, "a", a_off), load_b=load_expr(b.dtype, "b", b_off),
+        store=store_stmt(out.dtype, "c", "c_base + gm * {} + gn".format(n), "value"),
+        label=f"{a} x {b} -> {out}",
+    )
+    kernel = Kernel(name, source, extensions_for([out.dtype]))
+    global_size, local_size = gemm_launch(params, m, n, dims.batch_size)
+    return Lowered((Launch(kernel, global_size, local_size, ((IN, 0), (IN, 1), (OUT, 0))),))
