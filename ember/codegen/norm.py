@@ -1,0 +1,183 @@
+"""Row kernels for Softmax / LogSoftmax (`softmax.cl.j2`), LayerNormalization and
+InstanceNormalization (`norm.cl.j2`), and the LRN kernel (`lrn.cl.j2`).
+
+The row view comes from the IR (`softmax_rows`, `layer_norm_rows`), LOCAL from
+`choose_row_params`. Sums accumulate in float (double for float64 tensors or a float64
+stash_type); half tensors are stored as half.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ember.codegen.elementwise import extensions_for
+from ember.codegen.families import Target
+from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
+from ember.codegen.render import broadcast_strides, c_literal, kernel_name, render
+from ember.codegen.rows import (
+    RowParams, accumulator, choose_row_params, index_type, lit, loader, row_launch, storer,
+)
+from ember.ir import DType
+from ember.ir.ops.nn import layer_norm_rows, lrn_window, softmax_rows
+
+__all__ = ["build_softmax", "build_norm", "build_lrn", "affine_offset"]
+
+
+def _acc_literal(value: float, acc: str) -> str:
+    return c_literal(value, DType.FLOAT64 if acc == "double" else DType.FLOAT32)
+
+
+def _params(rows: int, n: int, inner: int, target: Target, acc: str,
+            given: RowParams | None) -> RowParams:
+    """The given tunables (tests, the tuner) or the family's choice; validated either way."""
+    acc_bytes = 8 if acc == "double" else 4
+    params = given or choose_row_params(rows, n, inner, target, acc_bytes)
+    params.validate(target, acc_bytes)
+    return params
+
+
+@kernel_builder("Softmax", "LogSoftmax")
+def build_softmax(spec: NodeSpec, target: Target,
+                  params: RowParams | None = None) -> Lowered | None:
+    x = spec.inputs[0]
+    outer, n, inner = softmax_rows(x.shape, spec.attrs["axis"], spec.attrs["flatten"])
+    rows = outer * inner
+    if x.size == 0:
+        return Lowered(())
+    acc = accumulator(x.dtype)
+    params = _params(rows, n, inner, target, acc, params)
+    name = kernel_name("softmax", spec, params)
+    source = render(
+        "softmax.cl.j2",
+        name=name,
+        label=spec.op,
+        log=spec.op == "LogSoftmax",
+        nrows=rows,
+        n=n,
+        inner=inner,
+        local=params.local,
+        steps=params.steps,
+        idx=index_type(x.size, rows * params.local),
+        ptr=x.dtype.cl_name,
+        acc=acc,
+        load=loader(x.dtype, "x"),
+        store=storer(x.dtype, "y"),
+        lit=lit,
+    )
+    kernel = Kernel(name, source, extensions_for([x.dtype]))
+    global_size, local_size = row_launch(rows, params)
+    return Lowered((Launch(kernel, global_size, local_size, ((IN, 0), (OUT, 0))),),
+                   notes=(f"local={params.local}",))
+
+
+def affine_offset(var: str, shape: tuple[int, ...], row_shape: tuple[int, ...],
+                  idx: str) -> list[str]:
+    """C lines setting `var` to the offset in a tensor of `shape`, broadcast to `row_shape`,
+    of the element at position j of the row."""
+    if math.prod(shape) == 1:
+        return [f"const {idx} {var} = 0;"]
+    if (1,) * (len(row_shape) - len(shape)) + tuple(shape) == tuple(row_shape):
+        return [f"const {idx} {var} = j;"]
+    strides = broadcast_strides(shape, row_shape)
+    lines = [f"{idx} {var} = 0;", f"{idx} {var}_r = j;"]
+    for axis in range(len(row_shape) - 1, -1, -1):
+        if strides[axis]:
+            lines.append(f"{var} += ({var}_r % {row_shape[axis]}) * {strides[axis]};")
+        lines.append(f"{var}_r /= {row_shape[axis]};")
+    return lines
+
+
+@kernel_builder("LayerNormalization", "InstanceNormalization")
+def build_norm(spec: NodeSpec, target: Target,
+               params: RowParams | None = None) -> Lowered | None:
+    x = spec.inputs[0]
+    layer = spec.op == "LayerNormalization"
+    if layer:
+        rows, n = layer_norm_rows(x.shape, spec.attrs["axis"])
+        axis = spec.attrs["axis"] % x.rank
+        stats = bool(spec.attrs["stats"])
+        stash = spec.attrs["stash_type"]
+        row_shape = x.shape[axis:]
+    else:
+        rows, n = x.shape[0] * x.shape[1], math.prod(x.shape[2:])
+        stats, stash, row_shape = False, DType.FLOAT32, ()
+    if stash is DType.FLOAT64 and not target.traits.fp64:
+        return None
+    if rows == 0:
+        return Lowered(())
+    acc = accumulator(x.dtype, stash)
+    params = _params(rows, n, 1, target, acc, params)
+    idx = index_type(x.size, rows * params.local)
+    has_bias = len(spec.inputs) > 2
+    offsets: list[str] = []
+    if layer:
+        offsets += affine_offset("soff", spec.inputs[1].shape, row_shape, idx)
+        if has_bias:
+            offsets += affine_offset("boff", spec.inputs[2].shape, row_shape, idx)
+    name = kernel_name("norm", spec, params)
+    source = render(
+        "norm.cl.j2",
+        name=name,
+        label=spec.op,
+        nrows=rows,
+        n=n,
+        local=params.local,
+        steps=params.steps,
+        eps=_acc_literal(spec.attrs["epsilon"], acc),
+        idx=idx,
+        ptr=x.dtype.cl_name,
+        acc=acc,
+        bias=has_bias,
+        stats=stats,
+        stat_ptr=stash.cl_name,
+        per_channel=not layer,
+        channels=x.shape[1] if not layer else 1,
+        affine_offsets=offsets,
+        load_x=loader(x.dtype, "x"),
+        load_scale=loader(x.dtype, "scale"),
+        load_bias=loader(x.dtype, "bias"),
+        store_y=storer(x.dtype, "y"),
+        store_mean=storer(stash, "mean_out"),
+        store_inv=storer(stash, "inv_out"),
+        lit=lit,
+    )
+    kernel = Kernel(name, source, extensions_for([x.dtype, stash]))
+    global_size, local_size = row_launch(rows, params)
+    args = tuple((IN, i) for i in range(len(spec.inputs))) + (
+        ((OUT, 0), (OUT, 1), (OUT, 2)) if stats else ((OUT, 0),)
+    )
+    return Lowered((Launch(kernel, global_size, local_size, args),),
+                   notes=(f"local={params.local}",))
+
+
+@kernel_builder("LRN")
+def build_lrn(spec: NodeSpec, target: Target) -> Lowered | None:
+    x = spec.inputs[0]
+    attrs = spec.attrs
+    if x.size == 0:
+        return Lowered(())
+    before, after = lrn_window(attrs["size"])
+    acc = accumulator(x.dtype)
+    name = kernel_name("lrn", spec)
+    source = render(
+        "lrn.cl.j2",
+        name=name,
+        label=f"alpha={attrs['alpha']:g} beta={attrs['beta']:g} bias={attrs['bias']:g}",
+        size=attrs["size"],
+        channels=x.shape[1],
+        plane=math.prod(x.shape[2:]),
+        before=before,
+        after=after,
+        total=x.size,
+        idx=index_type(x.size),
+        ptr=x.dtype.cl_name,
+        acc=acc,
+        alpha_over_size=_acc_literal(attrs["alpha"] / attrs["size"], acc),
+        beta=_acc_literal(attrs["beta"], acc),
+        bias=_acc_literal(attrs["bias"], acc),
+        load=loader(x.dtype, "x"),
+        store=storer(x.dtype, "y"),
+        lit=lit,
+    )
+    kernel = Kernel(name, source, extensions_for([x.dtype]))
+    return Lowered((Launch(kernel, (x.size,), None, ((IN, 0), (OUT, 0))),))
