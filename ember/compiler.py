@@ -20,7 +20,7 @@ import onnx
 
 from ember.codegen.kernels import lower
 from ember.errors import DTypeError, InputError, ShapeError, UnsupportedOpError
-from ember.frontends.onnx import import_onnx, input_signature, load_model
+from ember.frontends.onnx import import_graph, input_signature, load_model
 from ember.ir import DType, Graph, verify
 from ember.lowering import PassContext, PassManager, PassRecord, build_pipeline
 from ember.runtime.device import OpenCLDevice, resolve_target
@@ -95,7 +95,7 @@ class CompiledModel:
         if isinstance(self._source, Graph):
             graph = self._source.copy()
         else:
-            graph = import_onnx(self._source, input_shapes=shapes)
+            graph = import_graph(self._source, input_shapes=shapes)  # loaded and checked once
         key = tuple(graph.type_of(v).shape for v in graph.input_values().values())
         if key in self._specializations:
             self._current = self._specializations[key]

@@ -32,7 +32,24 @@ OneHot Trilu EyeLike Constant
 """.split())
 
 # Cases in scope that ember does not pass, each with its reason (the README lists them).
-KNOWN_FAILURES: dict[str, str] = {}
+_TRAINING = "training mode (batch statistics, random dropout): ember compiles inference only"
+_E8M0 = ("FLOAT8E8M0 (ONNX type 24) is not an ember dtype: its cast rounds up, which "
+         "ml_dtypes' conversion does not do")
+_NOT_TENSOR = "sequence and optional values are not tensors; ember's IR holds tensors only"
+KNOWN_FAILURES: dict[str, str] = {
+    "test_batchnorm_example_training_mode": _TRAINING,
+    "test_batchnorm_epsilon_training_mode": _TRAINING,
+    "test_training_dropout_default": _TRAINING,
+    "test_training_dropout_default_mask": _TRAINING,
+    "test_training_dropout": _TRAINING,
+    "test_training_dropout_mask": _TRAINING,
+    "test_cast_e8m0_FLOAT_to_FLOAT8E8M0": _E8M0,
+    "test_cast_e8m0_FLOAT16_to_FLOAT8E8M0": _E8M0,
+    "test_cast_e8m0_FLOAT8E8M0_to_FLOAT": _E8M0,
+    "test_cast_e8m0_FLOAT8E8M0_to_FLOAT16": _E8M0,
+    "test_identity_sequence": _NOT_TENSOR,
+    "test_identity_opt": _NOT_TENSOR,
+}
 
 
 def _graph_ops(graph) -> set[str]:

@@ -91,11 +91,12 @@ def _hashable(value: Any) -> Any:
 class Attrs(Mapping[str, Any]):
     """An immutable, hashable mapping of attribute name to normalized value."""
 
-    __slots__ = ("_items", "_hash")
+    __slots__ = ("_items", "_hash", "_key")
 
     def __init__(self, items: Mapping[str, Any] | None = None):
         self._items: dict[str, Any] = dict(sorted((items or {}).items()))
         self._hash: int | None = None
+        self._key: tuple | None = None
 
     def __getitem__(self, key: str) -> Any:
         return self._items[key]
@@ -107,8 +108,11 @@ class Attrs(Mapping[str, Any]):
         return len(self._items)
 
     def key(self) -> tuple:
-        """A hashable key that treats equal arrays as equal (for CSE and kernel caches)."""
-        return tuple((k, _hashable(v)) for k, v in self._items.items())
+        """A hashable key that treats equal arrays as equal (for CSE and kernel caches).
+        Computed once: hashing a large constant's bytes is not free."""
+        if self._key is None:
+            self._key = tuple((k, _hashable(v)) for k, v in self._items.items())
+        return self._key
 
     def __hash__(self) -> int:
         if self._hash is None:

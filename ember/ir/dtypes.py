@@ -101,6 +101,8 @@ class DType(enum.Enum):
     @staticmethod
     def from_numpy(dtype: np.dtype | type) -> DType:
         dtype = np.dtype(dtype)
+        if dtype.kind in "OUS":  # numpy keeps strings as objects or fixed-width text
+            return DType.STRING
         found = _BY_NUMPY.get(dtype)
         if found is None:
             raise DTypeError(f"numpy dtype {dtype} has no ember DType")

@@ -15,7 +15,7 @@ from ember.frontends.onnx.importer import CONVERTERS, import_graph, value_info_t
 from ember.frontends.onnx.loader import load_model, model_opset
 from ember.ir import DType, Graph
 
-__all__ = ["import_onnx", "load_model", "input_signature", "CONVERTERS", "model_opset"]
+__all__ = ["import_onnx", "import_graph", "load_model", "input_signature", "CONVERTERS", "model_opset"]
 
 
 def input_signature(model: onnx.ModelProto) -> dict[str, tuple[tuple[int | str | None, ...], DType]]:
