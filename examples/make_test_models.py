@@ -6,9 +6,9 @@ BERT encoder and a GPT-2 decoder from transformers. They are small (well under 5
 so they can live in the repository, and they use the op mixes real exports produce
 (BatchNormalization, Gemm, LayerNormalization, Softmax, Gather, Where, shape arithmetic).
 
-torch and transformers are dev-only tools (/work/devvenv); ember never imports them:
+torch and transformers are development tools only; ember never imports them:
 
-    /work/devvenv/bin/python examples/make_test_models.py [--out tests/models]
+    python examples/make_test_models.py [--out tests/models]
 """
 
 from __future__ import annotations

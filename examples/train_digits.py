@@ -3,7 +3,7 @@
 Run with the dev environment (torch and scikit-learn are dev-only tools, never ember
 dependencies):
 
-    /work/devvenv/bin/python examples/train_digits.py
+    python examples/train_digits.py   (with torch and scikit-learn installed)
 
 It writes ember/data/digits_mlp.onnx, ember/data/digits_cnn.onnx and ember/data/digits_test.npz
 (the held-out images, normalised as in training, their labels, and each model's held-out

@@ -82,7 +82,7 @@ def assert_on_device(model: ember.CompiledModel, what: str) -> None:
 def compile_model(name: str, target: str, feeds: Feeds) -> tuple[ember.CompiledModel, Path]:
     path = MODELS / f"{name}.onnx"
     if not path.is_file():
-        pytest.fail(f"{path} is missing; run /work/devvenv/bin/python "
+        pytest.fail(f"{path} is missing; run python "
                     "examples/make_test_models.py")
     shapes = {k: v.shape for k, v in feeds.items()}
     return ember.compile(path, target=target, input_shapes=shapes), path
