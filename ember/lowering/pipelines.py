@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ember.errors import EmberError
+from ember.lowering.fold import FoldAffineIntoConv, FoldBatchNorm
 from ember.lowering.passes import FixedPoint, Pass
 from ember.lowering.placement import Place
+from ember.lowering.rules import ApplyRules
 from ember.lowering.simplify import (
     EliminateCommonSubexpressions,
     EliminateDeadCode,
@@ -15,20 +17,29 @@ from ember.lowering.simplify import (
 __all__ = ["PIPELINES", "build_pipeline"]
 
 
-def _simplify() -> FixedPoint:
+def _simplify(rules: bool = False) -> FixedPoint:
+    """O1's clean-up; from O2 on also the algebraic rules (rules.py)."""
+    algebra = (ApplyRules(),) if rules else ()
     return FixedPoint(
         "simplify",
-        (RemoveIdentities(), FoldConstants(), EliminateCommonSubexpressions(), EliminateDeadCode()),
+        (RemoveIdentities(), *algebra, FoldConstants(), EliminateCommonSubexpressions(),
+         EliminateDeadCode()),
     )
 
 
-# O0: import + placement (every op its own kernel). O1: + simplification. O2 and O3 run O1's
-# passes until fusion, layout and memory planning exist.
+def _fold() -> FixedPoint:
+    # Conv -> Mul -> BN needs FoldBatchNorm again after FoldAffineIntoConv.
+    return FixedPoint("fold", (FoldBatchNorm(), FoldAffineIntoConv()))
+
+
+# O0: import + placement (every op its own kernel). O1: + simplification. O2 and O3: + the
+# algebraic rules, and BN and constant-affine folding into convolutions (simplify runs first
+# so constant subgraphs are plain constants, and again after to drop what the folds orphaned).
 PIPELINES = {
     0: lambda: [Place()],
     1: lambda: [_simplify(), Place()],
-    2: lambda: [_simplify(), Place()],
-    3: lambda: [_simplify(), Place()],
+    2: lambda: [_simplify(rules=True), _fold(), _simplify(rules=True), Place()],
+    3: lambda: [_simplify(rules=True), _fold(), _simplify(rules=True), Place()],
 }
 
 

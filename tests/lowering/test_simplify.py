@@ -178,12 +178,13 @@ def random_elementwise_graph(draw):
     return b.build(), feeds
 
 
-@given(random_elementwise_graph())
-def test_o1_pipeline_preserves_semantics_on_random_graphs(case):
+@pytest.mark.parametrize("opt_level", [1, 2, 3])
+@given(case=random_elementwise_graph())
+def test_pipelines_preserve_semantics_on_random_graphs(opt_level, case):
     graph, feeds = case
     expected = evaluate_graph(graph, feeds)
     lowered = graph.copy()
-    PassManager(build_pipeline(1), verify=True).run(lowered, CTX)
+    PassManager(build_pipeline(opt_level), verify=True).run(lowered, CTX)
     got = evaluate_graph(lowered, feeds)
     for name in expected:
         assert_close(got[name], expected[name], name)
