@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 
@@ -102,17 +104,35 @@ def _kernel_shape(ctx: ImportContext, node: onnx.NodeProto, w: Value) -> tuple[i
     return kernel
 
 
-@onnx_op("Conv")
-def _conv(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+@dataclass(frozen=True)
+class _ConvCommon:
+    """What Conv and ConvTranspose read alike from their node."""
+
+    inputs: list[Value]
+    x_shape: tuple[int, ...]
+    rank: int
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    auto_pad: str
+
+
+def _conv_common(ctx: ImportContext, node: onnx.NodeProto) -> _ConvCommon:
     x, w, bias = ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2)
     x_shape = ctx.type_of(x).shape
     rank = len(x_shape) - 2
     if rank < 1:
         raise ShapeError(f"{ctx.where}: X must be (N, C, *spatial), got {x_shape}")
-    kernel = _kernel_shape(ctx, node, w)
-    strides = _ints(ctx, node, "strides", rank, 1)
-    dilations = _ints(ctx, node, "dilations", rank, 1)
-    auto_pad = _auto_pad(ctx, node)
+    return _ConvCommon([x, w] if bias is None else [x, w, bias], x_shape, rank,
+                       _kernel_shape(ctx, node, w), _ints(ctx, node, "strides", rank, 1),
+                       _ints(ctx, node, "dilations", rank, 1), _auto_pad(ctx, node))
+
+
+@onnx_op("Conv")
+def _conv(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+    c = _conv_common(ctx, node)
+    x_shape, rank, kernel, strides, dilations, auto_pad = (
+        c.x_shape, c.rank, c.kernel, c.strides, c.dilations, c.auto_pad)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pairs = [same_pads(i, k, s, d, auto_pad == "SAME_UPPER")
                  for i, k, s, d in zip(x_shape[2:], kernel, strides, dilations)]
@@ -123,8 +143,7 @@ def _conv(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
         pads = _ints(ctx, node, "pads", 2 * rank, 0)
     attrs = {"strides": strides, "dilations": dilations, "pads": pads,
              "group": int(ctx.attr(node, "group", 1))}
-    inputs = [x, w] if bias is None else [x, w, bias]
-    return [ctx.add("Conv", inputs, attrs)]
+    return [ctx.add("Conv", c.inputs, attrs)]
 
 
 def conv_transpose_pads(in_spatial: Sequence[int], kernel: Sequence[int],
@@ -146,16 +165,10 @@ def conv_transpose_pads(in_spatial: Sequence[int], kernel: Sequence[int],
 
 @onnx_op("ConvTranspose")
 def _conv_transpose(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
-    x, w, bias = ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2)
-    x_shape = ctx.type_of(x).shape
-    rank = len(x_shape) - 2
-    if rank < 1:
-        raise ShapeError(f"{ctx.where}: X must be (N, C, *spatial), got {x_shape}")
-    kernel = _kernel_shape(ctx, node, w)
-    strides = _ints(ctx, node, "strides", rank, 1)
-    dilations = _ints(ctx, node, "dilations", rank, 1)
+    c = _conv_common(ctx, node)
+    x_shape, rank, kernel, strides, dilations, auto_pad = (
+        c.x_shape, c.rank, c.kernel, c.strides, c.dilations, c.auto_pad)
     output_padding = _ints(ctx, node, "output_padding", rank, 0)
-    auto_pad = _auto_pad(ctx, node)
     output_shape = ctx.attr(node, "output_shape")
     if output_shape is not None and len(output_shape):
         output_shape = tuple(int(v) for v in output_shape)[-rank:]  # some give (N, C, ...)
@@ -175,8 +188,7 @@ def _conv_transpose(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
         pads = _ints(ctx, node, "pads", 2 * rank, 0)
     attrs = {"strides": strides, "dilations": dilations, "pads": pads,
              "group": int(ctx.attr(node, "group", 1)), "output_padding": output_padding}
-    inputs = [x, w] if bias is None else [x, w, bias]
-    return [ctx.add("ConvTranspose", inputs, attrs)]
+    return [ctx.add("ConvTranspose", c.inputs, attrs)]
 
 
 @onnx_op("BatchNormalization")
