@@ -1,7 +1,7 @@
-"""The `ember` command: info, run, demo.
+"""The `ember` command: info, run, show, demo.
 
 Each subcommand is one `_cmd_*` function registered in `build_parser`; later subcommands
-(bench, tune, cache, show) slot in the same way. Errors that ember raises on purpose
+(bench, tune, cache) slot in the same way. Errors that ember raises on purpose
 (EmberError) become one line on stderr and exit code 2, never a traceback.
 """
 
@@ -15,13 +15,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
 import ember
 from ember.errors import EmberError, InputError, ShapeError
 from ember.frontends.onnx import input_signature, load_model
-from ember.ir import DType
+from ember.ir import DType, to_dot, to_text
 from ember.runtime.device import resolve_target
 
 __all__ = ["main", "build_parser", "DemoResult"]
@@ -268,6 +269,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- ember show -----------------------------------------------------------------------------
+def _cmd_show(args: argparse.Namespace) -> int:
+    shapes = {name: tuple(int(d) for d in text.lower().split("x"))
+              for name, text in _parse_pairs(args.shape, "--shape").items()}
+    model = ember.compile(args.model, target=args.target, opt_level=args.opt,
+                          input_shapes=shapes or None, record_ir=args.passes)
+    if args.passes:
+        for record in model.pass_records:
+            print(f"== {record.name}: {record.seconds * 1e3:.2f} ms, changed={record.changed}, "
+                  f"{dict(record.stats)}, {record.nodes_after} nodes")
+            if record.changed and record.text_after:
+                print(record.text_after)
+    print(to_text(model.graph))
+    if args.dot:
+        Path(args.dot).write_text(to_dot(model.graph))
+        print(f"wrote {args.dot}")
+    return EXIT_OK
+
+
 # -- the parser -----------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -298,6 +318,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat", type=int, default=10, help="timed runs after the first")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     run.add_argument("--summary", action="store_true", help="print model.summary()")
+
+    show = add("show", _cmd_show, "print the IR after lowering (and after each pass), and "
+               "write a Graphviz file of the final graph")
+    show.add_argument("model", help="path of an ONNX model")
+    show.add_argument("--opt", type=int, default=2, choices=range(4), help="opt level 0..3")
+    show.add_argument("--target", default=None, help="as for run")
+    show.add_argument("--shape", action="append", default=[], metavar="NAME=1x3x224x224",
+                      help="an input's shape (symbolic dims default to 1)")
+    show.add_argument("--passes", action="store_true",
+                      help="per-pass timing, what changed, and the IR after each changing pass")
+    show.add_argument("--dot", metavar="OUT.dot", help="write the final graph for Graphviz")
 
     demo = add("demo", _cmd_demo, "run the shipped digits models on the default device and "
                "check them against the held-out labels and the numpy reference")

@@ -63,13 +63,15 @@ class CompiledModel:
     position); it returns a dict of output name -> array."""
 
     def __init__(self, source: onnx.ModelProto | Graph, device: OpenCLDevice | None,
-                 opt_level: int, strict: bool, tune: bool, verify_passes: bool) -> None:
+                 opt_level: int, strict: bool, tune: bool, verify_passes: bool,
+                 record_ir: bool = False) -> None:
         self._source = source
         self.device = device
         self.opt_level = opt_level
         self.strict = strict
         self.tune = tune
         self._verify = verify_passes
+        self._record_ir = record_ir
         if isinstance(source, Graph):
             self._signature: dict[str, tuple[Dims, DType]] = {
                 name: (graph_type.shape, graph_type.dtype)
@@ -111,7 +113,8 @@ class CompiledModel:
             family=target.family.name if target is not None else "numpy",
             supports=supports,
         )
-        manager = PassManager(build_pipeline(self.opt_level), verify=self._verify)
+        manager = PassManager(build_pipeline(self.opt_level), verify=self._verify,
+                              keep_text=self._record_ir)
         records = manager.run(graph, ctx)
         verify(graph)
         plan = build_plan(graph, target)
@@ -265,15 +268,17 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives it
     tune: bool = False,
     strict: bool = False,
     verify_passes: bool = False,
+    record_ir: bool = False,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) or an ember Graph for a target.
 
     target: None (first OpenCL GPU, else first OpenCL device, else numpy), "cpu" (numpy),
     "opencl" or "opencl:P:D". input_shapes resolves symbolic dims. strict refuses host
-    fallback. tune is accepted for forward compatibility: tuned kernels come with the tuner.
+    fallback. verify_passes runs the IR verifier after every pass; record_ir keeps the IR text
+    after every pass (`ember show --passes`). tune is accepted for forward compatibility: tuned kernels come with the tuner.
     """
     device = resolve_target(target)
     source = model if isinstance(model, Graph) else load_model(model)
-    compiled = CompiledModel(source, device, opt_level, strict, tune, verify_passes)
+    compiled = CompiledModel(source, device, opt_level, strict, tune, verify_passes, record_ir)
     compiled._specialize(input_shapes)
     return compiled

@@ -198,3 +198,17 @@ def test_demo_prints_why_it_failed(capsys) -> None:
     assert f"FAILED          accuracy 0.5000 < {DEMO_MIN_ACCURACY}" in out
     assert "FAILED          ember disagrees with the numpy reference" in out
     assert "2 step(s) ran on the host" in out
+
+
+def test_show_prints_passes_ir_and_dot(tmp_path: Path, capsys) -> None:
+    model = Path(__file__).parent / "models" / "resnet_mini.onnx"
+    dot = tmp_path / "graph.dot"
+    assert main(["show", str(model), "--target", "cpu", "--passes", "--dot", str(dot)]) == 0
+    out = capsys.readouterr().out
+    assert "== FoldBatchNorm:" in out and "changed=True" in out and "'folded': 15" in out
+    final = out.split("== Place:")[-1]
+    assert "BatchNormalization" not in final and "Conv(" in final
+    text = dot.read_text()
+    assert text.startswith('digraph "') and "\\nConv\\n" in text and text.rstrip().endswith("}")
+    assert main(["show", str(model), "--target", "cpu", "--opt", "0"]) == 0
+    assert "BatchNormalization(" in capsys.readouterr().out

@@ -47,8 +47,10 @@ def to_text(graph: Graph) -> str:
     return "\n".join(lines)
 
 
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _quote(*lines: str) -> str:
+    """A quoted DOT string of `lines`, joined by DOT's newline escape."""
+    escaped = [line.replace("\\", "\\\\").replace('"', '\\"') for line in lines]
+    return '"' + "\\n".join(escaped) + '"'
 
 
 def to_dot(graph: Graph) -> str:
@@ -56,13 +58,13 @@ def to_dot(graph: Graph) -> str:
     lines = [f"digraph {_quote(graph.name)} {{", "  node [shape=box, fontname=monospace];"]
     for node in graph.topological_order():
         op = graph.op(node)
-        label = f"{graph.node_name(node)}\\n{op}"
+        label = [graph.node_name(node), op]
         describe = graph.attrs(node).get("label") if op.startswith("Fused") else None
         if describe:
-            label += f"\\n{describe}"
-        label += "\\n" + ", ".join(str(t) for t in graph.output_types(node))
+            label.append(str(describe))
+        label.append(", ".join(str(t) for t in graph.output_types(node)))
         shape = "ellipse" if op in ("Input", "Constant") else "box"
-        lines.append(f"  n{node} [label={_quote(label)}, shape={shape}];")
+        lines.append(f"  n{node} [label={_quote(*label)}, shape={shape}];")
     for u, v, data in graph.nx.edges(data=True):
         lines.append(f"  n{u} -> n{v} [label={_quote(str(data['in']))}];")
     for name, value in graph.outputs:
