@@ -15,7 +15,7 @@ from ember.codegen.families import Target
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.render import broadcast_strides, c_literal, kernel_name, render
 from ember.codegen.rows import (
-    RowParams, accumulator, choose_row_params, index_type, lit, loader, row_launch, storer,
+    RowParams, accumulator, choose_row_params, index_type, lit, loader, row_lowered, storer,
 )
 from ember.ir import DType
 from ember.ir.ops.nn import layer_norm_rows, lrn_window, softmax_rows
@@ -65,9 +65,7 @@ def build_softmax(spec: NodeSpec, target: Target,
         lit=lit,
     )
     kernel = Kernel(name, source, extensions_for([x.dtype]))
-    global_size, local_size = row_launch(rows, params)
-    return Lowered((Launch(kernel, global_size, local_size, ((IN, 0), (OUT, 0))),),
-                   notes=(f"local={params.local}",))
+    return row_lowered(kernel, rows, params)
 
 
 def affine_offset(var: str, shape: tuple[int, ...], row_shape: tuple[int, ...],
@@ -142,12 +140,10 @@ def build_norm(spec: NodeSpec, target: Target,
         lit=lit,
     )
     kernel = Kernel(name, source, extensions_for([x.dtype, stash]))
-    global_size, local_size = row_launch(rows, params)
     args = tuple((IN, i) for i in range(len(spec.inputs))) + (
         ((OUT, 0), (OUT, 1), (OUT, 2)) if stats else ((OUT, 0),)
     )
-    return Lowered((Launch(kernel, global_size, local_size, args),),
-                   notes=(f"local={params.local}",))
+    return row_lowered(kernel, rows, params, args)
 
 
 @kernel_builder("LRN")

@@ -16,7 +16,7 @@ from ember.codegen.families import Target
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.render import c_literal, kernel_name, render
 from ember.codegen.rows import (
-    RowParams, accumulator, choose_row_params, index_type, lit, loader, row_launch, storer,
+    RowParams, accumulator, choose_row_params, index_type, lit, loader, row_lowered, storer,
 )
 from ember.ir import DType
 from ember.ir.ops.pool import pool_geometry
@@ -131,6 +131,4 @@ def build_global_pool(spec: NodeSpec, target: Target,
         lit=lit,
     )
     kernel = Kernel(name, source, extensions_for([x.dtype]))
-    global_size, local_size = row_launch(rows, params)
-    notes = (f"local={params.local}",)
-    return Lowered((Launch(kernel, global_size, local_size, ((IN, 0), (OUT, 0))),), notes=notes)
+    return row_lowered(kernel, rows, params)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ember.codegen.elementwise import compute_type, load_expr, store_stmt
 from ember.codegen.families import Target
+from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered
 from ember.ir import DType
 
 __all__ = [
@@ -114,3 +115,11 @@ def storer(dtype: DType, pointer: str) -> Callable[[str, str], str]:
         return store_stmt(dtype, pointer, offset, f"({dtype.cl_name})({value})")
 
     return store
+
+
+def row_lowered(kernel: Kernel, rows: int, params: RowParams,
+                args: tuple[tuple[str, int], ...] = ((IN, 0), (OUT, 0))) -> Lowered:
+    """The one launch of a per-row kernel, sized by its row parameters."""
+    global_size, local_size = row_launch(rows, params)
+    return Lowered((Launch(kernel, global_size, local_size, args),),
+                   notes=(f"local={params.local}",))
