@@ -28,7 +28,7 @@ Softmax LogSoftmax LayerNormalization InstanceNormalization LRN ReduceMean Reduc
 ReduceMin ReduceProd ReduceL2 ReduceSumSquare ArgMax ArgMin CumSum TopK
 Reshape Flatten Transpose Squeeze Unsqueeze Concat Split Slice Gather GatherElements Expand
 Tile Pad Resize DepthToSpace SpaceToDepth Identity Dropout Shape Size ConstantOfShape Range
-OneHot Trilu EyeLike Constant
+OneHot Trilu EyeLike Constant RMSNormalization Swish
 """.split())
 
 # Cases in scope that ember does not pass, each with its reason (the README lists them).

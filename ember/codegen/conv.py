@@ -12,20 +12,29 @@ import functools
 import math
 from typing import Any
 
-from ember.codegen.elementwise import compute_type, extensions_for, load_expr, store_stmt
+from ember.codegen.elementwise import compute_type, extensions_for, load_expr
+from ember.codegen.epilogue import epilogue_code
 from ember.codegen.families import Target
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.matmul import gemm_launch, gemm_params, index_type
 from ember.codegen.render import contiguous_strides, kernel_name, render
+from ember.ir.ops.fused import epilogue_inputs
 from ember.ir.ops.linalg import ConvGeometry, conv_geometry
 
 __all__ = ["build_conv", "build_conv_transpose"]
 
 
-def _common(spec: NodeSpec, g: ConvGeometry) -> dict[str, Any]:
-    """Template values shared by the three convolution templates."""
+def _common(spec: NodeSpec, g: ConvGeometry) -> dict[str, Any] | None:
+    """Template values shared by the three convolution templates (None: the epilogue has
+    no device form)."""
     x = spec.inputs[0]
     dtype = x.dtype
+    n_base = _base_inputs(spec)
+    idx = index_type([*spec.inputs, *spec.outputs])
+    epilogue = epilogue_code(spec.attrs.get("epilogue"), spec.inputs[n_base:], spec.outputs[0],
+                             dtype, idx)
+    if epilogue is None:
+        return None
     return {
         "rank": g.rank,
         "in_spatial": g.in_spatial,
@@ -46,14 +55,22 @@ def _common(spec: NodeSpec, g: ConvGeometry) -> dict[str, Any]:
         "in_strides": contiguous_strides(g.in_spatial),
         "k_strides": contiguous_strides(g.kernel),
         "batches": g.batch * g.group,
-        "has_bias": len(spec.inputs) > 2,
+        "has_bias": n_base > 2,
         "acc": compute_type(dtype),
-        "idx": index_type([*spec.inputs, *spec.outputs]),
+        "idx": idx,
         "x_ptr": dtype.cl_name,
+        "y_ptr": spec.outputs[0].dtype.cl_name,
+        "extra_params": epilogue.params,
         "load_x_dtype": functools.partial(load_expr, dtype),
-        "store_y": functools.partial(store_stmt, dtype, "y"),
-        "label": " ".join(str(t) for t in spec.inputs) + f" -> {spec.outputs[0]}",
+        "store_y": functools.partial(epilogue.store, "y"),
+        "label": " ".join(str(t) for t in spec.inputs) + f" -> {spec.outputs[0]}"
+                 + epilogue.label,
     }
+
+
+def _base_inputs(spec: NodeSpec) -> int:
+    """X, W and the optional bias: the inputs before the epilogue's."""
+    return len(spec.inputs) - epilogue_inputs(spec.attrs.get("epilogue"))
 
 
 def _args(spec: NodeSpec) -> tuple[tuple[str, int], ...]:
@@ -65,24 +82,28 @@ def _itemsize(acc: str) -> int:
 
 
 def _gemm_lowered(kind: str, template: str, spec: NodeSpec, g: ConvGeometry,
-                  target: Target) -> Lowered:
+                  target: Target) -> Lowered | None:
     values = _common(spec, g)
+    if values is None:
+        return None
     params = gemm_params(target, values["cog"], values["out_size"], values["kdim"],
                          _itemsize(values["acc"]))
     name = kernel_name(kind, spec.inputs, spec.outputs, spec.attrs.key(), params)
     source = render(template, name=name, p=params, **values)
-    kernel = Kernel(name, source, extensions_for([spec.outputs[0].dtype]))
+    kernel = Kernel(name, source, extensions_for([spec.inputs[0].dtype, spec.outputs[0].dtype]))
     global_size, local_size = gemm_launch(params, values["cog"], values["out_size"],
                                           values["batches"])
     return Lowered((Launch(kernel, global_size, local_size, _args(spec)),))
 
 
-def _direct_lowered(spec: NodeSpec, g: ConvGeometry) -> Lowered:
+def _direct_lowered(spec: NodeSpec, g: ConvGeometry) -> Lowered | None:
     values = _common(spec, g)
+    if values is None:
+        return None
     total = spec.outputs[0].size
     name = kernel_name("conv_direct", spec.inputs, spec.outputs, spec.attrs.key())
     source = render("conv_direct.cl.j2", name=name, total=total, **values)
-    kernel = Kernel(name, source, extensions_for([spec.outputs[0].dtype]))
+    kernel = Kernel(name, source, extensions_for([spec.inputs[0].dtype, spec.outputs[0].dtype]))
     return Lowered((Launch(kernel, (total,), None, _args(spec)),))
 
 

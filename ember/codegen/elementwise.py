@@ -14,22 +14,12 @@ from ember.codegen.families import Target
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.render import broadcast_strides, c_literal, contiguous_strides, kernel_name, render
 from ember.ir import OPS, Attrs, DType, TensorType
+from ember.ir.ops.fused import ExprNode, FusedExpr
 
 __all__ = [
     "ExprNode", "ElementwiseSpec", "C_EXPRESSIONS", "compute_type", "load_expr", "store_stmt",
     "render_elementwise", "pointer_type",
 ]
-
-
-@dataclass(frozen=True)
-class ExprNode:
-    """One op of the DAG. `args` index the DAG's values: 0..n_inputs-1 are the kernel
-    inputs, n_inputs + k is the result of node k."""
-
-    op: str
-    args: tuple[int, ...]
-    attrs: Attrs
-    dtype: DType
 
 
 @dataclass(frozen=True)
@@ -198,6 +188,7 @@ C_EXPRESSIONS: dict[str, ExprFn] = {
     "Selu": _with_alpha("({x} <= 0 ? {gamma} * {alpha} * (exp({x}) - ({T})1) : {gamma} * {x})", "alpha", "gamma"),
     "HardSigmoid": _with_alpha("fmin(fmax({alpha} * {x} + {beta}, ({T})0), ({T})1)", "alpha", "beta"),
     "HardSwish": _float_fn("({x} * fmin(fmax({x} / ({T})6 + ({T})0.5, ({T})0), ({T})1))"),
+    "Swish": _with_alpha("({x} / (({T})1 + exp(-({alpha} * {x}))))", "alpha"),
     "Equal": _compare("=="),
     "Less": _compare("<"),
     "LessOrEqual": _compare("<="),
@@ -290,11 +281,20 @@ def render_elementwise(spec: ElementwiseSpec, target: Target) -> Lowered | None:
     return Lowered((Launch(kernel, (size,), None, args),))
 
 
-@kernel_builder(*[op.name for op in OPS if op.elementwise])
+@kernel_builder(*[op.name for op in OPS if op.elementwise and op.name != "FusedElementwise"])
 def build_elementwise(spec: NodeSpec, target: Target) -> Lowered | None:
     """One elementwise op node as a one-node DAG."""
     n_in = len(spec.inputs)
     node = ExprNode(spec.op, tuple(range(n_in)), spec.attrs, spec.outputs[0].dtype)
     return render_elementwise(
         ElementwiseSpec(spec.inputs, spec.outputs[0].shape, (node,), (n_in,)), target
+    )
+
+
+@kernel_builder("FusedElementwise")
+def build_fused_elementwise(spec: NodeSpec, target: Target) -> Lowered | None:
+    """A fused region: its whole DAG in one kernel, every output written by it."""
+    expr: FusedExpr = spec.attrs["expr"]
+    return render_elementwise(
+        ElementwiseSpec(spec.inputs, spec.outputs[0].shape, expr.nodes, expr.outputs), target
     )

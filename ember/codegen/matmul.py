@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ember.codegen.elementwise import compute_type, extensions_for, load_expr, store_stmt
+from ember.codegen.epilogue import epilogue_code
 from ember.codegen.families import Target
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.render import broadcast_strides, kernel_name, render
@@ -139,7 +140,8 @@ def index_type(types: Sequence[TensorType]) -> str:
 
 @kernel_builder("MatMul")
 def build_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
-    a, b = spec.inputs
+    a, b = spec.inputs[:2]
+    extras = spec.inputs[2:]
     out = spec.outputs[0]
     if out.dtype is DType.BOOL or out.dtype.cl_name is None:
         return None
@@ -148,7 +150,11 @@ def build_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
     if out.size == 0:
         return Lowered(())
     m, n, k = dims.m, dims.n, dims.k
-    acc = compute_type(out.dtype)
+    acc = compute_type(a.dtype)
+    idx = index_type([*spec.inputs, out])
+    epilogue = epilogue_code(spec.attrs["epilogue"], extras, out, a.dtype, idx)
+    if epilogue is None:
+        return None
     params = gemm_params(target, m, n, k, 8 if acc in ("double", "long", "ulong") else 4)
     batch_axes = [
         {"size": size, "a_stride": sa * m * k, "b_stride": sb * k * n}
@@ -158,18 +164,18 @@ def build_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
     ]
     a_off = "a_base + gk * {} + gm".format(m) if trans_a else "a_base + gm * {} + gk".format(k)
     b_off = "b_base + gn * {} + gk".format(k) if trans_b else "b_base + gk * {} + gn".format(n)
-    key = (a, b, out, trans_a, trans_b, params)
-    name = kernel_name("matmul", *key)
+    name = kernel_name("matmul", spec.inputs, out, spec.attrs.key(), params)
     source = render(
         "matmul.cl.j2",
-        name=name, p=params, m=m, n=n, k=k, acc=acc, idx=index_type([a, b, out]),
+        name=name, p=params, m=m, n=n, k=k, acc=acc, idx=idx,
         trans_a=trans_a, trans_b=trans_b, batches=dims.batch_size, batch_shape=dims.batch,
-        batch_axes=batch_axes,
+        batch_axes=batch_axes, extra_params=epilogue.params,
         a_ptr=a.dtype.cl_name, b_ptr=b.dtype.cl_name, c_ptr=out.dtype.cl_name,
         load_a=load_expr(a.dtype, "a", a_off), load_b=load_expr(b.dtype, "b", b_off),
-        store=store_stmt(out.dtype, "c", "c_base + gm * {} + gn".format(n), "value"),
-        label=f"{a} x {b} -> {out}",
+        store=epilogue.store("c", "c_base + gm * {} + gn".format(n), "value"),
+        label=f"{a} x {b} -> {out}{epilogue.label}",
     )
-    kernel = Kernel(name, source, extensions_for([out.dtype]))
+    kernel = Kernel(name, source, extensions_for([a.dtype, out.dtype]))
     global_size, local_size = gemm_launch(params, m, n, dims.batch_size)
-    return Lowered((Launch(kernel, global_size, local_size, ((IN, 0), (IN, 1), (OUT, 0))),))
+    args = tuple((IN, i) for i in range(len(spec.inputs))) + ((OUT, 0),)
+    return Lowered((Launch(kernel, global_size, local_size, args),))

@@ -1,5 +1,5 @@
-"""Row kernels for Softmax / LogSoftmax (`softmax.cl.j2`), LayerNormalization and
-InstanceNormalization (`norm.cl.j2`), and the LRN kernel (`lrn.cl.j2`).
+"""Row kernels for Softmax / LogSoftmax (`softmax.cl.j2`), LayerNormalization,
+RMSNormalization and InstanceNormalization (`norm.cl.j2`), and the LRN kernel (`lrn.cl.j2`).
 
 The row view comes from the IR (`softmax_rows`, `layer_norm_rows`), LOCAL from
 `choose_row_params`. Sums accumulate in float (double for float64 tensors or a float64
@@ -69,15 +69,15 @@ def build_softmax(spec: NodeSpec, target: Target,
 
 
 def affine_offset(var: str, shape: tuple[int, ...], row_shape: tuple[int, ...],
-                  idx: str) -> list[str]:
+                  idx: str, pos: str = "j") -> list[str]:
     """C lines setting `var` to the offset in a tensor of `shape`, broadcast to `row_shape`,
-    of the element at position j of the row."""
+    of the element at position `pos` (j: in the row) of a `row_shape` tensor."""
     if math.prod(shape) == 1:
         return [f"const {idx} {var} = 0;"]
     if (1,) * (len(row_shape) - len(shape)) + tuple(shape) == tuple(row_shape):
-        return [f"const {idx} {var} = j;"]
+        return [f"const {idx} {var} = {pos};"]
     strides = broadcast_strides(shape, row_shape)
-    lines = [f"{idx} {var} = 0;", f"{idx} {var}_r = j;"]
+    lines = [f"{idx} {var} = 0;", f"{idx} {var}_r = {pos};"]
     for axis in range(len(row_shape) - 1, -1, -1):
         if strides[axis]:
             lines.append(f"{var} += ({var}_r % {row_shape[axis]}) * {strides[axis]};")
@@ -85,15 +85,16 @@ def affine_offset(var: str, shape: tuple[int, ...], row_shape: tuple[int, ...],
     return lines
 
 
-@kernel_builder("LayerNormalization", "InstanceNormalization")
+@kernel_builder("LayerNormalization", "InstanceNormalization", "RMSNormalization")
 def build_norm(spec: NodeSpec, target: Target,
                params: RowParams | None = None) -> Lowered | None:
     x = spec.inputs[0]
-    layer = spec.op == "LayerNormalization"
+    rms = spec.op == "RMSNormalization"  # a LayerNormalization without centering or bias
+    layer = spec.op == "LayerNormalization" or rms
     if layer:
         rows, n = layer_norm_rows(x.shape, spec.attrs["axis"])
         axis = spec.attrs["axis"] % x.rank
-        stats = bool(spec.attrs["stats"])
+        stats = bool(spec.attrs.get("stats", 0))
         stash = spec.attrs["stash_type"]
         row_shape = x.shape[axis:]
     else:
@@ -103,12 +104,17 @@ def build_norm(spec: NodeSpec, target: Target,
         return None
     if rows == 0:
         return Lowered(())
-    acc = accumulator(x.dtype, stash)
+    scale_t, y_t = spec.inputs[1], spec.outputs[0]  # RMSNormalization: Y has scale's dtype
+    acc = accumulator(x.dtype, scale_t.dtype, stash)
     params = _params(rows, n, 1, target, acc, params)
     idx = index_type(x.size, rows * params.local)
     has_bias = len(spec.inputs) > 2
     offsets: list[str] = []
-    if layer:
+    if rms and len(scale_t.shape) > len(row_shape) and any(
+            d != 1 for d in scale_t.shape[:len(scale_t.shape) - len(row_shape)]):
+        # ONNX lets RMSNormalization's scale broadcast to all of X, not just to a row
+        offsets += affine_offset("soff", scale_t.shape, x.shape, idx, pos="base + j")
+    elif layer:
         offsets += affine_offset("soff", spec.inputs[1].shape, row_shape, idx)
         if has_bias:
             offsets += affine_offset("boff", spec.inputs[2].shape, row_shape, idx)
@@ -124,7 +130,10 @@ def build_norm(spec: NodeSpec, target: Target,
         eps=_acc_literal(spec.attrs["epsilon"], acc),
         idx=idx,
         ptr=x.dtype.cl_name,
+        scale_ptr=scale_t.dtype.cl_name,
+        y_ptr=y_t.dtype.cl_name,
         acc=acc,
+        rms=rms,
         bias=has_bias,
         stats=stats,
         stat_ptr=stash.cl_name,
@@ -132,14 +141,14 @@ def build_norm(spec: NodeSpec, target: Target,
         channels=x.shape[1] if not layer else 1,
         affine_offsets=offsets,
         load_x=loader(x.dtype, "x"),
-        load_scale=loader(x.dtype, "scale"),
+        load_scale=loader(scale_t.dtype, "scale"),
         load_bias=loader(x.dtype, "bias"),
-        store_y=storer(x.dtype, "y"),
+        store_y=storer(y_t.dtype, "y"),
         store_mean=storer(stash, "mean_out"),
         store_inv=storer(stash, "inv_out"),
         lit=lit,
     )
-    kernel = Kernel(name, source, extensions_for([x.dtype, stash]))
+    kernel = Kernel(name, source, extensions_for([x.dtype, scale_t.dtype, stash]))
     args = tuple((IN, i) for i in range(len(spec.inputs))) + (
         ((OUT, 0), (OUT, 1), (OUT, 2)) if stats else ((OUT, 0),)
     )

@@ -40,6 +40,8 @@ def _producer(graph: Graph, value: Value, ops: frozenset[str]) -> _Producer | No
     op = graph.op(node)
     if op not in ops or graph.is_output(value) or len(graph.users_of(value)) != 1:
         return None
+    if graph.attrs(node).get("epilogue") is not None:
+        return None  # its trailing inputs are the epilogue's, and the scale would hit them
     inputs = graph.inputs_of(node)
     weight = graph.constant_value(inputs[1])
     bias = graph.constant_value(inputs[2]) if len(inputs) > 2 else None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from ember.errors import EmberError
 from ember.lowering.fold import FoldAffineIntoConv, FoldBatchNorm
+from ember.lowering.fusion import FoldTransposeIntoMatMul, FuseElementwise, FuseEpilogues
 from ember.lowering.passes import FixedPoint, Pass
+from ember.lowering.patterns import PATTERN_PASSES
 from ember.lowering.placement import Place
 from ember.lowering.rules import ApplyRules
 from ember.lowering.simplify import (
@@ -32,14 +34,23 @@ def _fold() -> FixedPoint:
     return FixedPoint("fold", (FoldBatchNorm(), FoldAffineIntoConv()))
 
 
+def _fuse() -> list[Pass | FixedPoint]:
+    # Patterns first (they match the exporters' op chains, which region fusion would
+    # swallow); then transposes, so that a folded Transpose is not a region input; then
+    # regions, so that a whole region (bias + activation + residual) becomes one epilogue.
+    return [*PATTERN_PASSES, FoldTransposeIntoMatMul(), FuseElementwise(), FuseEpilogues(),
+            EliminateDeadCode()]
+
+
 # O0: import + placement (every op its own kernel). O1: + simplification. O2 and O3: + the
-# algebraic rules, and BN and constant-affine folding into convolutions (simplify runs first
-# so constant subgraphs are plain constants, and again after to drop what the folds orphaned).
+# algebraic rules, BN and constant-affine folding into convolutions (simplify runs first so
+# constant subgraphs are plain constants, and again after to drop what the folds orphaned),
+# and fusion.
 PIPELINES = {
     0: lambda: [Place()],
     1: lambda: [_simplify(), Place()],
-    2: lambda: [_simplify(rules=True), _fold(), _simplify(rules=True), Place()],
-    3: lambda: [_simplify(rules=True), _fold(), _simplify(rules=True), Place()],
+    2: lambda: [_simplify(rules=True), _fold(), _simplify(rules=True), *_fuse(), Place()],
+    3: lambda: [_simplify(rules=True), _fold(), _simplify(rules=True), *_fuse(), Place()],
 }
 
 

@@ -207,6 +207,18 @@ def div_to_mul(g: Graph, m: Match) -> Value | None:
     return g.add("Mul", m["x"], g.add_constant(recip))
 
 
+def gather_all_in_order(g: Graph, m: Match) -> Value | None:
+    """Gather of every index of the axis, in order, only reshapes that axis into the
+    indices' shape (row-major order is unchanged): a view instead of a kernel."""
+    indices = g.constant_value(m["c"])
+    x = g.type_of(m["x"])
+    axis = g.attrs(m.root.node)["axis"] % max(x.rank, 1)
+    if g.dtype_of(m.root) != x.dtype or not np.array_equal(
+            indices.reshape(-1), np.arange(x.shape[axis])):
+        return None
+    return g.add("Reshape", m["x"], shape=g.type_of(m.root).shape)
+
+
 # -- the table ------------------------------------------------------------------------------
 RULES: tuple[Rule, ...] = (
     Rule(op.Mul(X, C), functools.partial(drop_unit, unit=1), doc="x*1 -> x"),
@@ -224,6 +236,7 @@ RULES: tuple[Rule, ...] = (
     Rule(op.Pow(X, C), square_to_mul, doc="x**2 -> x*x"),
     # No x**0.5 -> sqrt(x): pow(-inf, 0.5) is +inf but sqrt(-inf) is NaN.
     Rule(op.Div(X, C), div_to_mul, doc="x/2**k -> x*2**-k"),
+    Rule(op.Gather(X, C), gather_all_in_order, doc="gather(x, arange) -> reshape(x)"),
 )
 
 

@@ -139,6 +139,14 @@ CASES: dict[str, tuple[Callable[[], Graph], list[str], Callable[[], Graph]]] = {
         ["Mul"],
         lambda: graph_of(x_((2, 3)), lambda b, x: b.Div(x, b.constant(F32([2, 3, 4])))),
     ),
+    "gather(x, arange) -> reshape(x)": (
+        lambda: graph_of(x_((2, 3, 4)), lambda b, x: b.Gather(
+            x, b.constant(np.arange(3).reshape(1, 3, 1)), axis=1)),
+        ["Reshape"],
+        # every index, but not in order: a real gather
+        lambda: graph_of(x_((2, 3, 4)), lambda b, x: b.Gather(
+            x, b.constant(np.array([0, 2, 1])), axis=1)),
+    ),
 }
 
 

@@ -80,6 +80,16 @@ def _layer_norm(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
     return list(ctx.add_multi("LayerNormalization", inputs, attrs))
 
 
+@onnx_op("RMSNormalization")
+def _rms_norm(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+    if ctx.input(node, 1) is None:
+        raise UnsupportedOpError(f"{ctx.where}: input scale is required")
+    attrs = {"axis": int(ctx.attr(node, "axis", -1)),
+             "epsilon": float(ctx.attr(node, "epsilon", 1e-5)),
+             "stash_type": DType.from_onnx(int(ctx.attr(node, "stash_type", 1)))}
+    return [ctx.add("RMSNormalization", [ctx.input(node, 0), ctx.input(node, 1)], attrs)]
+
+
 @onnx_op("InstanceNormalization")
 def _instance_norm(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
     return [ctx.add("InstanceNormalization", ctx.inputs(node)[:3],

@@ -10,6 +10,7 @@ from ember.ir.ops.registry import OPS, OpDef, OpRegistry, attr
 # Registration happens on import; the order only decides the order of `OPS.names()` ties.
 from ember.ir.ops import core  # noqa: F401  (Input, Constant)
 from ember.ir.ops import elementwise  # noqa: F401
+from ember.ir.ops import fused  # noqa: F401  (FusedElementwise, MatMul/Conv epilogues)
 from ember.ir.ops import linalg  # noqa: F401  (MatMul, Conv, ConvTranspose, BatchNorm)
 from ember.ir.ops import nn  # noqa: F401  (pooling, normalization, softmax)
 from ember.ir.ops import reduce  # noqa: F401  (reductions, ArgMax, CumSum, TopK)

@@ -239,6 +239,14 @@ ELEMENTWISE_OPS: dict[str, tuple] = {
         (),
         False,
     ),
+    # x * sigmoid(alpha * x): SiLU at alpha = 1 (ONNX opset 24), and what FuseSilu produces
+    "Swish": (
+        1,
+        _unary_float(lambda x, alpha: x * _sigmoid(alpha * x)),
+        _float_only(_same),
+        (attr("alpha", _F, 1.0),),
+        False,
+    ),
     # comparisons and logic
     "Equal": (2, np.equal, _boolean, (), True),
     "Less": (2, np.less, _boolean, (), False),

@@ -18,6 +18,7 @@ from ember.errors import DTypeError, ShapeError
 from ember.ir.attrs import AttrKind, Attrs
 from ember.ir.dtypes import DType
 from ember.ir.ops.common import FLOAT_TYPES, as_dtype, broadcast_shapes, require_same_dtype
+from ember.ir.ops.fused import apply_epilogue, epilogue_inputs, infer_epilogue
 from ember.ir.ops.registry import OPS, OpDef, attr
 from ember.ir.types import TensorType
 
@@ -84,11 +85,22 @@ def matmul_dims(a: Sequence[int], b: Sequence[int], trans_a: int = 0,
 
 
 def _infer_matmul(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
-    dtype = require_same_dtype(inputs, "MatMul A and B")
+    epilogue = attrs["epilogue"]
+    if len(inputs) != 2 + epilogue_inputs(epilogue):
+        raise ShapeError(f"MatMul takes A, B and {epilogue_inputs(epilogue)} epilogue "
+                         f"input(s), got {len(inputs)} inputs")
+    dtype = require_same_dtype(inputs[:2], "MatMul A and B")
     if dtype not in MATMUL_TYPES:
         raise DTypeError(f"MatMul takes {sorted(map(str, MATMUL_TYPES))}, got {dtype}")
     dims = matmul_dims(inputs[0].shape, inputs[1].shape, attrs["trans_a"], attrs["trans_b"])
-    return (TensorType(dims.out_shape, dtype),)
+    base = TensorType(dims.out_shape, dtype)
+    return (infer_epilogue(base, inputs[2:], epilogue, "MatMul"),)
+
+
+def _matmul_op(a: np.ndarray, b: np.ndarray, *extras: np.ndarray, trans_a: int = 0,
+               trans_b: int = 0, epilogue=None) -> np.ndarray:
+    return apply_epilogue(matmul_reference(a, b, trans_a=trans_a, trans_b=trans_b), extras,
+                          epilogue)
 
 
 def matmul_reference(a: np.ndarray, b: np.ndarray, *, trans_a: int = 0,
@@ -216,8 +228,22 @@ def _check_conv_types(inputs: Sequence[TensorType], g: ConvGeometry, op: str) ->
 
 
 def _infer_conv(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
-    g = conv_geometry(inputs[0].shape, inputs[1].shape, attrs)
-    return (TensorType(g.out_shape, _check_conv_types(inputs, g, "Conv")),)
+    n_base = len(inputs) - epilogue_inputs(attrs["epilogue"])
+    if n_base not in (2, 3):
+        raise ShapeError(f"Conv takes X, W, optional B and {epilogue_inputs(attrs['epilogue'])}"
+                         f" epilogue input(s), got {len(inputs)} inputs")
+    base = inputs[:n_base]
+    g = conv_geometry(base[0].shape, base[1].shape, attrs)
+    out = TensorType(g.out_shape, _check_conv_types(base, g, "Conv"))
+    return (infer_epilogue(out, inputs[n_base:], attrs["epilogue"], "Conv"),)
+
+
+def _conv_op(*arrays: np.ndarray, strides=(), dilations=(), pads=(), group: int = 1,
+             epilogue=None) -> np.ndarray:
+    n_base = len(arrays) - epilogue_inputs(epilogue)
+    y = conv_reference(*arrays[:n_base], strides=strides, dilations=dilations, pads=pads,
+                       group=group)
+    return apply_epilogue(y, arrays[n_base:], epilogue)
 
 
 def _infer_conv_transpose(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
@@ -334,17 +360,20 @@ _I, _F, _IS = AttrKind.INT, AttrKind.FLOAT, AttrKind.INTS
 _CONV_ATTRS = (attr("strides", _IS, ()), attr("dilations", _IS, ()), attr("pads", _IS, ()),
                attr("group", _I, 1))
 
+_EPILOGUE = attr("epilogue", AttrKind.ANY, None)
 MATMUL = OPS.register(OpDef(
-    "MatMul", _infer_matmul, matmul_reference,
-    attrs=(attr("trans_a", _I, 0, (0, 1)), attr("trans_b", _I, 0, (0, 1))),
-    num_inputs=(2, 2),
+    "MatMul", _infer_matmul, _matmul_op,
+    attrs=(attr("trans_a", _I, 0, (0, 1)), attr("trans_b", _I, 0, (0, 1)), _EPILOGUE),
+    num_inputs=(2, -1),
     doc="numpy matmul (1-D promotion, batch broadcasting); trans_a/trans_b swap the last "
-        "two axes of A/B first, so that Gemm and fusion can fold transposes.",
+        "two axes of A/B first, so that Gemm and fusion can fold transposes. An epilogue "
+        "(fusion) is applied to the product, reading the inputs after B.",
 ))
 CONV = OPS.register(OpDef(
-    "Conv", _infer_conv, conv_reference, attrs=_CONV_ATTRS, num_inputs=(2, 3),
+    "Conv", _infer_conv, _conv_op, attrs=_CONV_ATTRS + (_EPILOGUE,), num_inputs=(2, -1),
     doc="N-D grouped convolution (cross-correlation) with explicit pads (begins, then ends); "
-        "empty strides/dilations/pads mean 1s/1s/0s.",
+        "empty strides/dilations/pads mean 1s/1s/0s. An epilogue (fusion) is applied to the "
+        "result, reading the inputs after X, W and B.",
 ))
 CONV_TRANSPOSE = OPS.register(OpDef(
     "ConvTranspose", _infer_conv_transpose, conv_transpose_reference,

@@ -149,6 +149,43 @@ LAYER_NORMALIZATION = OPS.register(OpDef(
 ))
 
 
+# -- RMSNormalization -------------------------------------------------------------------------
+def _rms_norm(x, scale, *, axis, epsilon, stash_type):
+    a = axis % x.ndim
+    xf = x.astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        mean_sq = (xf * xf).mean(axis=tuple(range(a, x.ndim)), keepdims=True)
+        y = xf / np.sqrt(mean_sq + epsilon) * scale.astype(np.float64)
+    return y.astype(scale.dtype)
+
+
+def _infer_rms_norm(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
+    x, scale = inputs
+    require_dtype(x, FLOAT_TYPES, "RMSNormalization input X")
+    require_dtype(scale, FLOAT_TYPES, "RMSNormalization input scale")
+    layer_norm_rows(x.shape, attrs["axis"])
+    # ONNX: scale broadcasts to X unidirectionally (usually it has the normalized shape).
+    aligned = zip(scale.shape[::-1], x.shape[::-1])
+    if scale.rank > x.rank or any(s not in (1, d) for s, d in aligned):
+        raise ShapeError(f"RMSNormalization input scale of shape {scale.shape} does not "
+                         f"broadcast to X's shape {x.shape}")
+    if attrs["stash_type"] not in FLOAT_TYPES:
+        raise DTypeError(f"RMSNormalization stash_type {attrs['stash_type']} must be a float "
+                         "type")
+    return (TensorType(x.shape, scale.dtype),)
+
+
+RMS_NORMALIZATION = OPS.register(OpDef(
+    "RMSNormalization", _infer_rms_norm, _rms_norm,
+    attrs=(attr("axis", _I, -1), attr("epsilon", _F, 1e-5),
+           attr("stash_type", AttrKind.DTYPE, DType.FLOAT32)),
+    num_inputs=(2, 2),
+    doc="y = x / sqrt(mean(x^2 over axes [axis, rank)) + epsilon) * scale (ONNX opset 23); "
+        "Y has scale's dtype. The reference computes in float64, the kernel in stash_type "
+        "(double when any tensor is float64).",
+))
+
+
 # -- InstanceNormalization --------------------------------------------------------------------
 def _instance_norm(x, scale, bias, *, epsilon):
     axes = tuple(range(2, x.ndim))

@@ -1,0 +1,258 @@
+"""Operator fusion: elementwise regions into one kernel, and elementwise consumers of a
+MatMul / Conv into that op's epilogue. Plus the transpose folding MatMul makes free.
+
+`FuseElementwise` grows regions over the graph in topological order. A node joins the region
+of one of its producers (or of a sibling reading the same input) when both are elementwise,
+have the same output shape (inputs may broadcast into the region, values inside it never do)
+and no path leaves the region and comes back to it, counting the regions already formed as
+single nodes (that would make a fused node depend on itself). Each region of two or more
+nodes becomes one `FusedElementwise` node, with one output per value used outside it.
+
+`FuseEpilogues` then absorbs into a MatMul / Conv the elementwise node (plain or fused) that
+is the only user of its result and keeps its shape: bias, activation, residual Add, scaling
+all run in the product's kernel, before its store. It repeats until nothing more fits.
+
+Both passes fuse only what the target can run as one kernel (`ctx.supports`): without a
+device nothing is fused, since the numpy executor gains nothing from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import networkx as nx
+
+from ember.ir import OPS, Graph, Value
+from ember.ir.ops.fused import ExprNode, FusedExpr, epilogue_inputs
+from ember.lowering.passes import PassContext, PassResult
+
+__all__ = ["FuseElementwise", "FuseEpilogues", "FoldTransposeIntoMatMul", "EPILOGUE_OPS"]
+
+EPILOGUE_OPS = frozenset({"MatMul", "Conv"})
+
+
+def _is_elementwise(graph: Graph, node: int) -> bool:
+    op = graph.op(node)
+    return OPS[op].elementwise and graph.output_types(node)[0].size > 0
+
+
+def _as_expr(graph: Graph, node: int) -> FusedExpr:
+    """A node's computation as an expression over its inputs (in port order)."""
+    if graph.op(node) == "FusedElementwise":
+        return graph.attrs(node)["expr"]
+    return FusedExpr.single(graph.op(node), graph.attrs(node), len(graph.inputs_of(node)),
+                            graph.output_types(node)[0].dtype)
+
+
+def _try_node(graph: Graph, ctx: PassContext, op: str, inputs: Sequence[Value],
+              attrs: dict, name: str) -> int | None:
+    """Add a node; keep it only when the target has a kernel for it."""
+    node = graph.add_node(op, inputs, attrs, name=name)
+    if ctx.supports is not None and ctx.supports(graph, node):
+        return node
+    graph.remove_node(node)
+    return None
+
+
+# -- elementwise regions ----------------------------------------------------------------------
+class FuseElementwise:
+    name = "FuseElementwise"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if ctx.supports is None:
+            return PassResult(False)
+        regions = self._regions(graph, ctx)
+        fused = nodes = 0
+        for members in regions:
+            if len(members) > 1 and self._fuse(graph, ctx, members):
+                fused += 1
+                nodes += len(members)
+        return PassResult(fused > 0, {"regions": fused, "nodes": nodes})
+
+    @staticmethod
+    def _regions(graph: Graph, ctx: PassContext) -> list[list[int]]:
+        # `contracted` is the graph with every region so far merged into one node (its
+        # first member); a node joins a region only if merging keeps it acyclic.
+        contracted = nx.DiGraph(graph.nx)
+        region_of: dict[int, int] = {}  # node -> its region's first member
+        members: dict[int, list[int]] = {}
+        for node in graph.topological_order():
+            if not _is_elementwise(graph, node) or not ctx.supports(graph, node):
+                continue
+            shape = graph.output_types(node)[0].shape
+            inputs = graph.inputs_of(node)
+            # A producer's region first (a chain), else a sibling's (nodes reading the same
+            # input: one kernel reads it once and writes both results).
+            candidates = [value.node for value in inputs]
+            candidates += [use.node for value in inputs for use in graph.users_of(value)]
+            chosen = node
+            for other in candidates:
+                head = region_of.get(other)
+                if head is None or graph.output_types(other)[0].shape != shape:
+                    continue
+                if _merge_keeps_acyclic(contracted, head, node):
+                    nx.contracted_nodes(contracted, head, node, self_loops=False, copy=False)
+                    chosen = head
+                    break
+            region_of[node] = chosen
+            members.setdefault(chosen, []).append(node)
+        return list(members.values())
+
+    @staticmethod
+    def _fuse(graph: Graph, ctx: PassContext, members: list[int]) -> bool:
+        inside = set(members)
+        inputs: list[Value] = []
+        index: dict[Value, int] = {}
+        for node in members:
+            for value in graph.inputs_of(node):
+                if value.node not in inside and value not in index:
+                    index[value] = len(inputs)
+                    inputs.append(value)
+        exprs: list[ExprNode] = []
+        for node in members:
+            sub = _as_expr(graph, node)
+            args = [index[v] for v in graph.inputs_of(node)]
+            base = len(inputs) + len(exprs)
+            for k, e in enumerate(sub.nodes):
+                exprs.append(ExprNode(e.op, tuple(args[a] if a < sub.n_inputs
+                                                  else base + a - sub.n_inputs for a in e.args),
+                                      e.attrs, e.dtype))
+            for port, value_index in enumerate(sub.outputs):
+                index[Value(node, port)] = (args[value_index] if value_index < sub.n_inputs
+                                            else base + value_index - sub.n_inputs)
+        escaping = [
+            Value(node, port) for node in members
+            for port in range(len(graph.output_types(node)))
+            if graph.is_output(Value(node, port))
+            or any(use.node not in inside for use in graph.users_of(Value(node, port)))
+        ]
+        expr = FusedExpr(len(inputs), tuple(exprs), tuple(index[v] for v in escaping))
+        name = graph.node_name(members[-1]) + "/fused"
+        fused = _try_node(graph, ctx, "FusedElementwise", inputs, {"expr": expr}, name)
+        if fused is None:
+            return False
+        for port, value in enumerate(escaping):
+            graph.replace_all_uses(value, Value(fused, port))
+        for node in reversed(members):
+            graph.remove_node(node)
+        return True
+
+
+def _merge_keeps_acyclic(graph: nx.DiGraph, a: int, b: int) -> bool:
+    """Merging nodes a and b of a DAG makes a cycle exactly when a longer path than a
+    direct edge joins them, in either direction."""
+    for source, target in ((a, b), (b, a)):
+        for step in graph.successors(source):
+            if step != target and nx.has_path(graph, step, target):
+                return False
+    return True
+
+
+# -- epilogues --------------------------------------------------------------------------------
+class FuseEpilogues:
+    name = "FuseEpilogues"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        if ctx.supports is None:
+            return PassResult(False)
+        absorbed = 0
+        for node in graph.topological_order():
+            if node not in graph.nx or graph.op(node) not in EPILOGUE_OPS:
+                continue
+            while True:
+                grown = self._absorb(graph, ctx, node)
+                if grown is None:
+                    break
+                node = grown
+                absorbed += 1
+        return PassResult(absorbed > 0, {"absorbed": absorbed})
+
+    @staticmethod
+    def _absorb(graph: Graph, ctx: PassContext, node: int) -> int | None:
+        """Fold the only user of `node`'s result into its epilogue; the new node, or None."""
+        result = Value(node, 0)
+        users = {use.node for use in graph.users_of(result)}
+        if graph.is_output(result) or len(users) != 1:
+            return None
+        user = users.pop()
+        if not _is_elementwise(graph, user) or len(graph.output_types(user)) != 1:
+            return None
+        out = graph.output_types(user)[0]
+        if out.shape != graph.type_of(result).shape or not out.dtype.is_float:
+            return None
+        attrs = graph.attrs(node)
+        current: FusedExpr | None = attrs["epilogue"]
+        inputs = graph.inputs_of(node)
+        n_base = len(inputs) - epilogue_inputs(current)
+        extras = list(inputs[n_base:])
+        if current is None:
+            current = FusedExpr(1, (), (0,))
+        user_expr = _as_expr(graph, user)
+        user_args: list[int] = []
+        for value in graph.inputs_of(user):
+            if value == result:
+                user_args.append(-1)  # the product (after the current epilogue)
+                continue
+            if value not in extras:
+                extras.append(value)
+            user_args.append(extras.index(value) + 1)
+        n_in = 1 + len(extras)
+
+        def moved(i: int) -> int:  # a value of the current epilogue, renumbered
+            return i if i < current.n_inputs else n_in + i - current.n_inputs
+
+        nodes = [ExprNode(e.op, tuple(moved(a) for a in e.args), e.attrs, e.dtype)
+                 for e in current.nodes]
+        product = moved(current.outputs[0])
+        args = [product if a == -1 else a for a in user_args]
+        base = n_in + len(nodes)
+        for e in user_expr.nodes:
+            nodes.append(ExprNode(e.op, tuple(args[a] if a < user_expr.n_inputs
+                                              else base + a - user_expr.n_inputs
+                                              for a in e.args), e.attrs, e.dtype))
+        out_index = user_expr.outputs[0]
+        final = args[out_index] if out_index < user_expr.n_inputs else \
+            base + out_index - user_expr.n_inputs
+        epilogue = FusedExpr(n_in, tuple(nodes), (final,))
+        new = _try_node(graph, ctx, graph.op(node), [*inputs[:n_base], *extras],
+                        dict(attrs.replace(epilogue=epilogue)), graph.node_name(user))
+        if new is None:
+            return None
+        graph.replace_all_uses(Value(user, 0), Value(new, 0))
+        graph.remove_node(user)
+        graph.remove_node(node)
+        return new
+
+
+# -- transposes -------------------------------------------------------------------------------
+class FoldTransposeIntoMatMul:
+    """A Transpose that swaps the last two axes of a MatMul operand becomes the operand's
+    trans_a / trans_b flag: the GEMM reads the untransposed tensor."""
+
+    name = "FoldTransposeIntoMatMul"
+
+    def run(self, graph: Graph, ctx: PassContext) -> PassResult:
+        folded = 0
+        for node in graph.topological_order():
+            if graph.op(node) != "MatMul":
+                continue
+            inputs = graph.inputs_of(node)
+            attrs = graph.attrs(node)
+            for port, flag in ((0, "trans_a"), (1, "trans_b")):
+                value = inputs[port]
+                if graph.op(value.node) != "Transpose":
+                    continue
+                perm = graph.attrs(value.node)["perm"]
+                rank = len(perm)
+                if rank < 2 or tuple(perm) != (*range(rank - 2), rank - 1, rank - 2):
+                    continue
+                source = graph.inputs_of(value.node)[0]
+                new = graph.add_node("MatMul", [*(source if i == port else v
+                                                  for i, v in enumerate(inputs))],
+                                     dict(attrs.replace(**{flag: 1 - attrs[flag]})),
+                                     name=graph.node_name(node))
+                graph.replace_all_uses(Value(node, 0), Value(new, 0))
+                graph.remove_node(node)
+                node, inputs, attrs = new, graph.inputs_of(new), graph.attrs(new)
+                folded += 1
+        return PassResult(folded > 0, {"folded": folded})
