@@ -59,9 +59,10 @@ def to_dot(graph: Graph) -> str:
     for node in graph.topological_order():
         op = graph.op(node)
         label = [graph.node_name(node), op]
-        describe = graph.attrs(node).get("label") if op.startswith("Fused") else None
-        if describe:
-            label.append(str(describe))
+        # fused nodes say what they contain: the region's ops, or the epilogue's
+        fused = graph.attrs(node).get("expr") or graph.attrs(node).get("epilogue")
+        if fused is not None:
+            label.append(f"fused: {fused.label}")
         label.append(", ".join(str(t) for t in graph.output_types(node)))
         shape = "ellipse" if op in ("Input", "Constant") else "box"
         lines.append(f"  n{node} [label={_quote(*label)}, shape={shape}];")

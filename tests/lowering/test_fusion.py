@@ -281,3 +281,11 @@ def random_conv_graph(draw):
 @given(graph=st.one_of(random_dense_graph(), random_conv_graph()))
 def test_o3_matches_o0_on_random_graphs(opencl_target, graph):
     compare(graph, opencl_target, opt_level=3)
+
+
+def test_graphviz_labels_fused_nodes_with_their_contents(opencl_target):
+    from ember.ir import to_dot
+    g = build({"x": (3, 5)}, lambda b, x: b.Relu(b.Add(
+        b.MatMul(x, b.constant(weight(5, 4))), b.constant(weight(4, seed=9)))))
+    _, model = compare(g, opencl_target)
+    assert "fused: Add+Relu" in to_dot(model.graph)
