@@ -24,6 +24,7 @@ from ember.frontends.onnx import import_graph, input_signature, load_model
 from ember.ir import DType, Graph, verify
 from ember.lowering import PassContext, PassManager, PassRecord, build_pipeline
 from ember.runtime.device import OpenCLDevice, resolve_target
+from ember.runtime.memory import build_memory_plan
 from ember.runtime.numpy import evaluate_graph
 from ember.runtime.opencl import OpenCLExecutor
 from ember.runtime.plan import HOST, ExecutionPlan, build_plan, node_spec
@@ -44,8 +45,13 @@ class ModelStats:
     host_steps: int
     kernel_launches: int  # per inference
     kernels: int  # distinct kernels in the program
+    # Device buffers (runtime/memory.py): all of them (inputs, constants, activations,
+    # scratch) with the memory plan, and one buffer per tensor (the naive plan). The
+    # activation figures leave the constants (weights) out: planning cannot share those.
     peak_device_bytes: int
     naive_device_bytes: int
+    peak_activation_bytes: int
+    naive_activation_bytes: int
 
 
 @dataclass
@@ -64,8 +70,9 @@ class CompiledModel:
 
     def __init__(self, source: onnx.ModelProto | Graph, device: OpenCLDevice | None,
                  opt_level: int, strict: bool, tune: bool, verify_passes: bool,
-                 record_ir: bool = False) -> None:
+                 record_ir: bool = False, plan_memory: bool = True) -> None:
         self._source = source
+        self.plan_memory = plan_memory
         self.device = device
         self.opt_level = opt_level
         self.strict = strict
@@ -117,7 +124,8 @@ class CompiledModel:
                               keep_text=self._record_ir)
         records = manager.run(graph, ctx)
         verify(graph)
-        plan = build_plan(graph, target)
+        plan = build_plan(graph, target, plan_memory=self.plan_memory,
+                          pack_constants=self.opt_level >= 2)
         if self.strict and self.device is not None and plan.host_steps:
             listed = ", ".join(f"{s.op} {s.name!r}" for s in plan.host_steps[:10])
             raise UnsupportedOpError(
@@ -216,16 +224,17 @@ class CompiledModel:
     def stats(self) -> ModelStats:
         plan = self.plan
         device = self.device is not None
-        roots = {plan.root(s.index) for s in plan.slots}
-        total = sum(plan.slots[i].type.nbytes for i in roots) if device else 0
+        memory = plan.memory if plan.memory is not None else build_memory_plan(plan)
         return ModelStats(
             steps=len(plan.steps),
             device_steps=sum(1 for s in plan.steps if s.placement != HOST),
             host_steps=len(plan.host_steps),
             kernel_launches=plan.kernel_launches,
             kernels=len(plan.kernels()),
-            peak_device_bytes=total,
-            naive_device_bytes=total,
+            peak_device_bytes=memory.planned_bytes if device else 0,
+            naive_device_bytes=memory.naive_bytes if device else 0,
+            peak_activation_bytes=memory.planned_activation_bytes if device else 0,
+            naive_activation_bytes=memory.naive_activation_bytes if device else 0,
         )
 
     def summary(self) -> str:
@@ -269,6 +278,7 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives it
     strict: bool = False,
     verify_passes: bool = False,
     record_ir: bool = False,
+    plan_memory: bool = True,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) or an ember Graph for a target.
 
@@ -276,9 +286,12 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives it
     "opencl" or "opencl:P:D". input_shapes resolves symbolic dims. strict refuses host
     fallback. verify_passes runs the IR verifier after every pass; record_ir keeps the IR text
     after every pass (`ember show --passes`). tune is accepted for forward compatibility: tuned kernels come with the tuner.
+    plan_memory=False turns device buffer sharing off (one buffer per tensor, the naive plan):
+    for debugging a suspected wrong share (runtime/memory.py).
     """
     device = resolve_target(target)
     source = model if isinstance(model, Graph) else load_model(model)
-    compiled = CompiledModel(source, device, opt_level, strict, tune, verify_passes, record_ir)
+    compiled = CompiledModel(source, device, opt_level, strict, tune, verify_passes, record_ir,
+                             plan_memory)
     compiled._specialize(input_shapes)
     return compiled

@@ -16,6 +16,10 @@ def _mib(nbytes: int) -> str:
     return f"{nbytes / 2**20:.2f} MiB"
 
 
+def _percent(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
 def format_summary(model: CompiledModel, max_rows: int = 400) -> str:
     plan = model.plan
     stats = model.stats
@@ -34,7 +38,11 @@ def format_summary(model: CompiledModel, max_rows: int = 400) -> str:
     if model.device is not None:
         lines.append(
             f"device memory: {_mib(stats.peak_device_bytes)} "
-            f"(naive plan {_mib(stats.naive_device_bytes)})"
+            f"(naive plan {_mib(stats.naive_device_bytes)}, "
+            f"{_percent(stats.peak_device_bytes, stats.naive_device_bytes)}); "
+            f"without weights {_mib(stats.peak_activation_bytes)} "
+            f"(naive {_mib(stats.naive_activation_bytes)}, "
+            f"{_percent(stats.peak_activation_bytes, stats.naive_activation_bytes)})"
         )
     lines.append(f"{'#':>4}  {'placement':9}  {'launches':>8}  {'op':18}  {'output':28}  step")
     for i, step in enumerate(plan.steps[:max_rows]):

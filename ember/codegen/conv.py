@@ -13,8 +13,12 @@ import math
 from typing import Any
 
 from ember.codegen.elementwise import compute_type, extensions_for, load_expr
-from ember.codegen.epilogue import epilogue_code
+from ember.codegen.epilogue import EpilogueCode, epilogue_code
 from ember.codegen.families import Target
+from ember.codegen.gemm_cpu import (
+    conv1x1_problem, conv_problem, cpu_gemm_launch, cpu_gemm_params, is_pointwise,
+    pack_conv_weight, render_cpu_gemm,
+)
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.matmul import gemm_launch, gemm_params, index_type
 from ember.codegen.render import contiguous_strides, kernel_name, render
@@ -63,6 +67,7 @@ def _common(spec: NodeSpec, g: ConvGeometry) -> dict[str, Any] | None:
         "extra_params": epilogue.params,
         "load_x_dtype": functools.partial(load_expr, dtype),
         "store_y": functools.partial(epilogue.store, "y"),
+        "epilogue": epilogue,
         "label": " ".join(str(t) for t in spec.inputs) + f" -> {spec.outputs[0]}"
                  + epilogue.label,
     }
@@ -114,7 +119,45 @@ def build_conv(spec: NodeSpec, target: Target) -> Lowered | None:
         return Lowered(())
     if g.cin_per_group == 1:
         return _direct_lowered(spec, g)
+    x, out = spec.inputs[0], spec.outputs[0]
+    if target.family.name == "cpu" and x.dtype.is_float and out.dtype is x.dtype:
+        return _cpu_lowered(spec, g)
     return _gemm_lowered("conv", "conv.cl.j2", spec, g, target)
+
+
+def _cpu_lowered(spec: NodeSpec, g: ConvGeometry) -> Lowered | None:
+    """The register-tiled CPU strategy (gemm_cpu.py): a pointwise conv is the plain product
+    W @ X per image; others gather im2col rows as A, with output channels as vector lanes."""
+    values = _common(spec, g)
+    if values is None:
+        return None
+    epilogue: EpilogueCode = values["epilogue"]
+    dtype = spec.inputs[0].dtype
+    has_bias = values["has_bias"]
+    value = f"value + {load_expr(dtype, 'bias', 'oc')}" if has_bias else "value"
+    store = epilogue.store("y", "y_off", value)
+    packed: tuple = ()
+    if is_pointwise(g):
+        params = cpu_gemm_params(g.cout_per_group, math.prod(g.out_spatial))
+        problem = conv1x1_problem(g, dtype, has_bias=has_bias, store=store,
+                                  extra_params=epilogue.declarations, idx=values["idx"])
+    else:
+        params = cpu_gemm_params(math.prod(g.out_spatial), g.cout_per_group)
+        pack = 1 in spec.packable
+        problem = conv_problem(g, dtype, params=params, packed_w=pack, has_bias=has_bias,
+                               store=store, extra_params=epilogue.declarations,
+                               idx=values["idx"])
+        if pack:  # W packed once at compile time, output channels as aligned vector lanes
+            packed = ((1, functools.partial(pack_conv_weight, group=g.group, params=params)),)
+    name = kernel_name("conv_cpu", spec.inputs, spec.outputs, spec.attrs.key(), params,
+                       bool(packed))
+    kernel = Kernel(name, render_cpu_gemm(problem, params, name),
+                    extensions_for([dtype, spec.outputs[0].dtype]))
+    global_size, local_size = cpu_gemm_launch(problem, params)
+    n_base = _base_inputs(spec)
+    args = tuple((IN, i) for i in range(n_base)) + ((OUT, 0),) + tuple(
+        (IN, i) for i in range(n_base, len(spec.inputs)))
+    return Lowered((Launch(kernel, global_size, local_size, args),), packed=packed)
 
 
 @kernel_builder("ConvTranspose")

@@ -38,6 +38,11 @@ class EpilogueCode:
                      for i, t in enumerate(self.extras))
 
     @property
+    def declarations(self) -> tuple[str, ...]:
+        """The same parameters without the trailing commas."""
+        return tuple(param.rstrip(",") for param in self.params)
+
+    @property
     def label(self) -> str:
         return f" + epilogue {self.expr.label}" if self.expr is not None else ""
 

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ember.codegen.families import Target
 from ember.ir import Attrs, DType, TensorType
 
@@ -33,6 +35,9 @@ class NodeSpec:
     attrs: Attrs
     inputs: tuple[TensorType, ...]
     outputs: tuple[TensorType, ...]
+    # inputs that are compile-time constants the builder may store in another layout
+    # (`Lowered.packed`); the plan offers them from opt_level 2 on
+    packable: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,10 @@ class Lowered:
     # output j shares the buffer of input i (a view such as Reshape): no launch needed
     aliases: tuple[tuple[int, int], ...] = ()
     notes: tuple[str, ...] = field(default=(), compare=False)
+    # (input i, layout function): the plan uploads layout(constant value) in place of the
+    # constant input i, once at compile time (pre-packed weights)
+    packed: tuple[tuple[int, Callable[[np.ndarray], np.ndarray]], ...] = field(
+        default=(), compare=False)
 
     @property
     def kernels(self) -> tuple[Kernel, ...]:

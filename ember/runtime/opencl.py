@@ -1,9 +1,11 @@
 """Runs an ExecutionPlan on one OpenCL device.
 
 All the plan's kernels are built as one program (one build per model; built programs are
-kept per process and shared between models). Buffers are allocated once per executor and
-reused between calls; constants are uploaded once. Host steps read their inputs back, run the
-numpy reference and write their outputs to the device again.
+kept per process and shared between models). Buffers are allocated once per executor, as the
+plan's MemoryPlan says (tensors whose lifetimes do not overlap share one), and reused between
+calls; constants are uploaded once. Host steps read their inputs back, run the numpy
+reference and write their outputs to the device again (reads and writes cover the tensor's
+own bytes, which may be fewer than its shared buffer's).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from ember.codegen.kernels import IN, OUT, TMP, Kernel, program_header
 from ember.errors import CompileError, DeviceError
 from ember.ir import OPS
 from ember.runtime.device import OpenCLDevice
+from ember.runtime.memory import build_memory_plan
 from ember.runtime.plan import HOST, ExecutionPlan, Step
 
 __all__ = ["OpenCLExecutor", "build_program", "program_source"]
@@ -85,32 +88,26 @@ class OpenCLExecutor:
         self.device = device
         kernels = plan.kernels()
         self.program = build_program(device, program_source(kernels)) if kernels else None
-        self.buffers: dict[int, object] = {}
-        for slot in plan.slots:
-            if slot.alias_of is None:
-                self.buffers[slot.index] = cl.Buffer(
-                    device.context, cl.mem_flags.READ_WRITE, max(slot.type.nbytes, 1)
-                )
-        for slot in plan.slots:
-            if slot.alias_of is not None:
-                self.buffers[slot.index] = self.buffers[plan.root(slot.index)]
+        self.memory = plan.memory if plan.memory is not None else build_memory_plan(plan)
+        # Kernel args do not keep their buffers alive: the executor must (else use-after-free).
+        self._arenas = [
+            cl.Buffer(device.context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
+            for nbytes in self.memory.buffers
+        ]
+        self.buffers: dict[int, object] = {
+            slot.index: self._arenas[self.memory.buffer_of[slot.index]] for slot in plan.slots
+        }
         for index, array in plan.constants.items():
             self._write(index, array)
-        self._temps: list[list[object]] = []
-        self._steps = [(step, self._bind(step)) for step in plan.steps]
+        self._steps = [(step, self._bind(i, step)) for i, step in enumerate(plan.steps)]
         device.queue.finish()
 
     # -- setup ----------------------------------------------------------------------------
-    def _bind(self, step: Step) -> list[_BoundLaunch]:
+    def _bind(self, index: int, step: Step) -> list[_BoundLaunch]:
         if step.placement == HOST or step.lowered is None:
             return []
         cl = self._cl
-        temps = [
-            cl.Buffer(self.device.context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
-            for nbytes in step.lowered.temps
-        ]
-        # Kernel args do not keep their buffers alive: the executor must (else use-after-free).
-        self._temps.append(temps)
+        temps = [self._arenas[b] for b in self.memory.temps[index]]
         bound = []
         for launch in step.lowered.launches:
             kernel = cl.Kernel(self.program, launch.kernel.name)

@@ -2,11 +2,13 @@
 
 Every tensor gets a slot (its type, and what it is: graph input, constant, intermediate).
 A step runs one node: on the device through the launches codegen gave it, or on the host
-through the numpy reference. A view (Reshape) is a slot that aliases another slot.
+through the numpy reference. A view (Reshape) is a slot that aliases another slot. The
+memory plan (runtime/memory.py) says which device buffer every slot and scratch buffer uses.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,6 +16,7 @@ import numpy as np
 from ember.codegen.families import Target
 from ember.codegen.kernels import Kernel, Lowered, NodeSpec, lower
 from ember.ir import Attrs, Graph, TensorType, Value
+from ember.runtime.memory import MemoryPlan, build_memory_plan
 
 __all__ = ["Slot", "Step", "ExecutionPlan", "build_plan", "node_spec", "DEVICE", "HOST"]
 
@@ -51,6 +54,9 @@ class ExecutionPlan:
     inputs: dict[str, int]  # graph input name -> slot
     outputs: list[tuple[str, int]]  # graph output name -> slot
     constants: dict[int, np.ndarray] = field(default_factory=dict)
+    # device buffers per slot (runtime/memory.py), planned for `steps` in this order:
+    # build_memory_plan again after changing the steps
+    memory: MemoryPlan | None = None
 
     def kernels(self) -> list[Kernel]:
         """Every distinct kernel of the plan, in first-use order (one program holds them)."""
@@ -76,48 +82,89 @@ class ExecutionPlan:
         return [s for s in self.steps if s.placement == HOST]
 
 
-def node_spec(graph: Graph, node: int) -> NodeSpec:
+def node_spec(graph: Graph, node: int, *, pack_constants: bool = False) -> NodeSpec:
+    """What codegen sees of a node; with `pack_constants`, which of its inputs are constants
+    that the kernel may have re-laid out at compile time."""
+    inputs = graph.inputs_of(node)
+    packable = frozenset(
+        i for i, v in enumerate(inputs) if graph.op(v.node) == "Constant"
+    ) if pack_constants else frozenset()
     return NodeSpec(
         graph.op(node),
         graph.attrs(node),
-        tuple(graph.input_types(node)),
+        tuple(graph.type_of(v) for v in inputs),
         tuple(graph.output_types(node)),
+        packable,
     )
 
 
-def build_plan(graph: Graph, target: Target | None) -> ExecutionPlan:
-    """Walk the lowered graph in topological order and give every tensor a slot."""
+def build_plan(graph: Graph, target: Target | None, *, plan_memory: bool = True,
+               pack_constants: bool = False) -> ExecutionPlan:
+    """Walk the lowered graph in topological order and give every tensor a slot, then plan
+    the device buffers (plan_memory=False: one buffer per tensor, for debugging).
+
+    With `pack_constants` (opt_level >= 2), kernels may ask for a constant input in their
+    own layout (`Lowered.packed`, e.g. GEMM weights in vector panels): the plan holds the
+    re-laid-out array as a constant of its own, and drops the original when nothing else
+    reads it."""
     slots: list[Slot] = []
     slot_of: dict[Value, int] = {}
     steps: list[Step] = []
     constants: dict[int, np.ndarray] = {}
     inputs: dict[str, int] = {}
+    order = graph.topological_order()
 
-    def new_slot(value: Value, kind: str, alias_of: int | None = None) -> int:
+    lowered_of: dict[int, Lowered | None] = {}
+    packs: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {}  # (node, port)
+    for node in order:
+        if graph.op(node) in ("Input", "Constant"):
+            continue
+        if graph.meta(node, "placement", HOST) == DEVICE and target is not None:
+            lowered = lower(node_spec(graph, node, pack_constants=pack_constants), target)
+            lowered_of[node] = lowered
+            for port, layout in (lowered.packed if lowered is not None else ()):
+                packs[(node, port)] = layout
+
+    def new_slot(value: Value, kind: str, alias_of: int | None = None,
+                 type_: TensorType | None = None, suffix: str = "") -> int:
         index = len(slots)
         name = graph.node_name(value.node)
         if len(graph.output_types(value.node)) > 1:
             name = f"{name}.{value.port}"
-        slots.append(Slot(index, graph.type_of(value), kind, name, alias_of))
-        slot_of[value] = index
+        slots.append(Slot(index, type_ or graph.type_of(value), kind, name + suffix, alias_of))
+        if not suffix:
+            slot_of[value] = index
         return index
 
-    for node in graph.topological_order():
+    def only_packed(value: Value) -> bool:
+        uses = graph.users_of(value)
+        return bool(uses) and not graph.is_output(value) and all(
+            (u.node, u.port) in packs for u in uses)
+
+    for node in order:
         op = graph.op(node)
         if op == "Input":
             inputs[graph.node_name(node)] = new_slot(Value(node, 0), "input")
             continue
         if op == "Constant":
-            index = new_slot(Value(node, 0), "constant")
-            constants[index] = np.ascontiguousarray(graph.attrs(node)["value"])
+            if not only_packed(Value(node, 0)):
+                index = new_slot(Value(node, 0), "constant")
+                constants[index] = np.ascontiguousarray(graph.attrs(node)["value"])
             continue
-        placement = graph.meta(node, "placement", HOST)
-        lowered = None
-        if placement == DEVICE and target is not None:
-            lowered = lower(node_spec(graph, node), target)
-        if lowered is None:
-            placement = HOST
-        in_slots = tuple(slot_of[v] for v in graph.inputs_of(node))
+        lowered = lowered_of.get(node)
+        placement = DEVICE if lowered is not None else HOST
+        in_values = graph.inputs_of(node)
+        in_list = []
+        for port, v in enumerate(in_values):
+            if (node, port) in packs:
+                array = np.ascontiguousarray(packs[(node, port)](graph.constant_value(v)))
+                index = new_slot(v, "constant", type_=TensorType(
+                    array.shape, graph.dtype_of(v)), suffix=f".packed_for_{node}")
+                constants[index] = array
+                in_list.append(index)
+            else:
+                in_list.append(slot_of[v])
+        in_slots = tuple(in_list)
         aliases = dict(lowered.aliases) if lowered is not None else {}
         out_slots = tuple(
             new_slot(
@@ -132,4 +179,6 @@ def build_plan(graph: Graph, target: Target | None) -> ExecutionPlan:
                  lowered)
         )
     outputs = [(name, slot_of[value]) for name, value in graph.outputs]
-    return ExecutionPlan(slots, steps, inputs, outputs, constants)
+    plan = ExecutionPlan(slots, steps, inputs, outputs, constants)
+    plan.memory = build_memory_plan(plan, share=plan_memory)
+    return plan

@@ -1,0 +1,289 @@
+"""GEMM and convolution speed on the CPU OpenCL device, side by side in one run: numpy
+(its BLAS; im2col + BLAS for the conv), ember's current default kernel (ember.compile of a
+one-node graph, device time of its steps from OpenCL profiling) and the CPU register-tiled
+GEMM of ember/codegen/gemm_cpu.py with B read as it is ("direct"), packed on the host
+("packed": a constant weight) and packed on the device by a kernel before each product
+("runtime-packed": a B that is not a constant). Convolutions run as "out^T" (pixels as M,
+the gathered image as A, W as B: direct or packed) and, for 1x1 ones, as the plain product
+Y = W @ X ("pointwise").
+
+    python benchmarks/bench_gemm.py                       # all cases, default tiling
+    python benchmarks/bench_gemm.py --cases gemv --sweep  # every tuner candidate as well
+    python benchmarks/bench_gemm.py --params 6,8,2,1,0    # mr,vw,nv,ku,group_m
+
+GFLOP/s count 2*M*N*K per product (2 * outputs * Cin * kernel for the conv) over the median
+of --repeat timed runs after one warm-up (slow paths stop after about 3 s); "best" uses the
+fastest run, "x numpy" is numpy's median time over the path's. The machine is shared: compare
+the ratios of one run, not absolute numbers across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run from a checkout without installing ember
+
+import ember  # noqa: E402
+from ember.codegen.gemm_cpu import (  # noqa: E402
+    BOperand, CpuGemmParams, conv1x1_problem, conv_problem, cpu_gemm_candidates,
+    cpu_gemm_launch, is_pointwise,
+    cpu_gemm_params, cpu_pack_launch, matmul_problem, pack_b, pack_conv_weight,
+    packed_b_shape, render_cpu_gemm, render_cpu_pack,
+)
+from ember.codegen.kernels import Kernel, program_header  # noqa: E402
+from ember.frontends.builder import GraphBuilder  # noqa: E402
+from ember.ir import DType  # noqa: E402
+from ember.ir.attrs import Attrs  # noqa: E402
+from ember.ir.ops.linalg import conv_geometry, conv_reference  # noqa: E402
+from ember.runtime.device import resolve_target  # noqa: E402
+from ember.runtime.opencl import build_program  # noqa: E402
+
+__all__ = ["Case", "CASES", "main"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    m: int = 0
+    n: int = 0
+    k: int = 0
+    conv: tuple[tuple[int, ...], tuple[int, ...], int] | None = None  # x shape, w shape, pad
+    trans_b: bool = False  # B stored N x K (ONNX Gemm's transB, attention's Q @ K^T)
+
+    @property
+    def flops(self) -> float:
+        if self.conv is None:
+            return 2.0 * self.m * self.n * self.k
+        x, w, pad = self.conv
+        g = conv_geometry(x, w, _conv_attrs(pad))
+        return 2.0 * math.prod(g.out_shape) * w[1] * math.prod(w[2:])
+
+
+CASES = (
+    Case("square", 1024, 1024, 1024),
+    Case("mlp", 128, 3072, 768),
+    Case("gemv", 1, 3072, 768),
+    Case("square_tb", 1024, 1024, 1024, trans_b=True),
+    Case("attn_qk", 128, 128, 64, trans_b=True),
+    Case("conv3x3", conv=((1, 64, 56, 56), (64, 64, 3, 3), 1)),
+    Case("conv1x1", conv=((1, 256, 28, 28), (128, 256, 1, 1), 0)),
+)
+
+
+def _conv_attrs(pad: int) -> Attrs:
+    return Attrs({"strides": (1, 1), "dilations": (1, 1), "pads": (pad,) * 4, "group": 1})
+
+
+Timing = tuple[float, float]  # (median, best) seconds
+
+
+def _timed(fn: Callable[[], object], repeat: int, budget: float = 3.0) -> Timing:
+    """Median and best seconds of `repeat` calls after one warm-up (stops early past
+    `budget` s). A float that `fn` returns is its own seconds (device time); else wall time."""
+    fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeat and (len(times) < 2 or time.perf_counter() - start < budget):
+        t0 = time.perf_counter()
+        own = fn()
+        times.append(own if isinstance(own, float) else time.perf_counter() - t0)
+    return statistics.median(times), min(times)
+
+
+class Device:
+    def __init__(self, target: str) -> None:
+        import pyopencl as cl
+
+        self.cl = cl
+        self.target = target
+        self.dev = resolve_target(target)
+
+    def buffer(self, array: np.ndarray | int):
+        cl = self.cl
+        if isinstance(array, int):
+            return cl.Buffer(self.dev.context, cl.mem_flags.READ_WRITE, max(array, 4))
+        return cl.Buffer(self.dev.context, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                         hostbuf=np.ascontiguousarray(array))
+
+    def runner(self, kernels: list[Kernel], launches: list[tuple[str, tuple, list]]
+               ) -> Callable[[], None]:
+        """Build the kernels as one program; a function running the launches in order."""
+        program = build_program(self.dev, program_header(kernels)
+                                + "\n".join(k.source for k in kernels))
+        bound = []
+        for name, sizes, buffers in launches:
+            kernel = self.cl.Kernel(program, name)
+            kernel.set_args(*buffers)
+            bound.append((kernel, sizes))
+        queue = self.dev.queue
+        keep = [buffers for _, _, buffers in launches]  # kernel args do not hold buffers
+
+        def run() -> None:
+            assert keep
+            for kernel, (global_size, local_size) in bound:
+                self.cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
+            queue.finish()
+
+        return run
+
+    def read(self, buffer, shape: tuple[int, ...]) -> np.ndarray:
+        out = np.empty(shape, np.float32)
+        self.cl.enqueue_copy(self.dev.queue, out, buffer)
+        return out
+
+
+def _matmul_runner(dev: Device, a: np.ndarray, b: np.ndarray, params: CpuGemmParams,
+                   mode: str, trans_b: bool = False
+                   ) -> tuple[Callable[[], None], Callable[[], np.ndarray]]:
+    m, k = a.shape
+    n = b.shape[0] if trans_b else b.shape[1]
+    problem = matmul_problem(a.shape, b.shape, DType.FLOAT32, 0, int(trans_b), params=params,
+                             packed_b=mode != "direct")
+    kernels = [Kernel("bench_gemm", render_cpu_gemm(problem, params, "bench_gemm"))]
+    c = dev.buffer(m * n * 4)
+    launches = []
+    if mode == "packed":
+        b_buf = dev.buffer(pack_b(b, params, trans=trans_b))
+    elif mode == "runtime-packed":
+        b_buf = dev.buffer(math.prod(packed_b_shape(k, n, params.nr)) * 4)
+        kernels.append(Kernel("bench_pack", render_cpu_pack(
+            BOperand("b", "cols" if trans_b else "rows"), k, n, 1, params, "bench_pack", 4)))
+        launches.append(("bench_pack", cpu_pack_launch(k, n, 1, params), [dev.buffer(b), b_buf]))
+    else:
+        b_buf = dev.buffer(b)
+    launches.append(("bench_gemm", cpu_gemm_launch(problem, params), [dev.buffer(a), b_buf, c]))
+    return dev.runner(kernels, launches), lambda: dev.read(c, (m, n))
+
+
+def _conv_runner(dev: Device, x: np.ndarray, w: np.ndarray, pad: int, params: CpuGemmParams,
+                 mode: str) -> tuple[Callable[[], None], Callable[[], np.ndarray]]:
+    g = conv_geometry(x.shape, w.shape, _conv_attrs(pad))
+    if mode == "pointwise":
+        problem = conv1x1_problem(g, DType.FLOAT32)
+    else:
+        problem = conv_problem(g, DType.FLOAT32, params=params, packed_w=mode == "packed")
+    kernels = [Kernel("bench_conv", render_cpu_gemm(problem, params, "bench_conv"))]
+    weight = pack_conv_weight(w, g.group, params) if mode == "packed" else w
+    y = dev.buffer(math.prod(g.out_shape) * 4)
+    run = dev.runner(kernels, [("bench_conv", cpu_gemm_launch(problem, params),
+                                [dev.buffer(x), dev.buffer(weight), y])])
+    return run, lambda: dev.read(y, g.out_shape)
+
+
+def _ember_default(dev: Device, case: Case, arrays: list[np.ndarray], repeat: int) -> Timing:
+    """Device seconds of ember.compile's kernels for the case (weights as constants)."""
+    b = GraphBuilder("bench")
+    x = b.input("x", arrays[0].shape)
+    if case.conv is None:
+        b.output("y", b.op("MatMul", x, b.constant(arrays[1]), trans_b=int(case.trans_b)))
+    else:
+        pad = case.conv[2]
+        b.output("y", b.op("Conv", x, b.constant(arrays[1]), pads=(pad,) * 4))
+    model = ember.compile(b.build(), target=dev.target, opt_level=1)
+
+    return _timed(lambda: sum(s["seconds"] for s in model.profile(x=arrays[0])), repeat)
+
+
+def bench_case(dev: Device, case: Case, params_list: list[CpuGemmParams | None],
+               repeat: int) -> list[tuple[str, Timing, float]]:
+    """(label, (median, best) seconds, max abs error against numpy) for every path."""
+    rng = np.random.default_rng(0)
+    rows = []
+    if case.conv is None:
+        arrays = [rng.standard_normal((case.m, case.k), np.float32),
+                  rng.standard_normal((case.n, case.k) if case.trans_b else (case.k, case.n),
+                                      np.float32)]
+        b_logical = arrays[1].T if case.trans_b else arrays[1]
+        expected = arrays[0] @ b_logical
+        seconds = _timed(lambda: arrays[0] @ b_logical, repeat)
+        modes = ("direct", "packed", "runtime-packed")
+    else:
+        x_shape, w_shape, pad = case.conv
+        arrays = [rng.standard_normal(x_shape, np.float32),
+                  rng.standard_normal(w_shape, np.float32)]
+        kw = {"strides": (1, 1), "dilations": (1, 1), "pads": (pad,) * 4, "group": 1}
+        expected = np.ascontiguousarray(conv_reference(*arrays, **kw))
+        seconds = _timed(lambda: conv_reference(*arrays, **kw), repeat)
+        modes = ("direct", "packed")
+        if is_pointwise(conv_geometry(x_shape, w_shape, _conv_attrs(pad))):
+            modes += ("pointwise",)
+    rows.append(("numpy" + (" (im2col + BLAS)" if case.conv else ""), seconds, 0.0))
+    rows.append(("ember.compile default kernel", _ember_default(dev, case, arrays, repeat),
+                 float("nan")))
+    for index, params in enumerate(params_list):
+        if params is None:
+            params = (cpu_gemm_params(case.m, case.n) if case.conv is None else
+                      cpu_gemm_params(math.prod(expected.shape[2:]), expected.shape[1]))
+        for mode in modes:
+            if mode == "pointwise" and index:
+                continue  # its own default tiling: once per case
+            if case.conv is None:
+                run, result = _matmul_runner(dev, *arrays, params, mode, case.trans_b)
+            else:
+                run, result = _conv_runner(dev, *arrays, case.conv[2], params, mode)
+            seconds = _timed(run, repeat)
+            error = float(np.abs(result() - expected).max())
+            kind = "" if case.conv is None else "out^T "
+            label = (f"gemm_cpu {kind}{mode} mr={params.mr} vw={params.vw} nv={params.nv} "
+                     f"ku={params.ku} group_m={params.group_m}")
+            if mode == "pointwise":
+                label = "gemm_cpu pointwise Y = W @ X (conv1x1_problem, default tiling)"
+            rows.append((label, seconds, error))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(c.name for c in CASES),
+                        help="comma-separated: " + ", ".join(c.name for c in CASES))
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--target", default="opencl")
+    parser.add_argument("--sweep", action="store_true", help="also every tuner candidate")
+    parser.add_argument("--params", action="append", default=[],
+                        help="extra tiling mr,vw,nv,ku,group_m (repeatable)")
+    args = parser.parse_args(argv)
+    target = args.target
+    if target == "opencl":
+        found = [d for d in ember.devices() if d.traits.device_type == "CPU"] or ember.devices()
+        if not found:
+            print("no OpenCL device: nothing to measure")
+            return 1
+        target = found[0].target
+    dev = Device(target)
+    print(f"device: {dev.dev.info.traits.name} ({dev.dev.info.traits.platform})")
+    params_list: list[CpuGemmParams | None] = [None]
+    for text in args.params:
+        mr, vw, nv, ku, group_m = (int(v) for v in text.split(","))
+        params_list.append(CpuGemmParams(mr, vw, nv, ku, group_m))
+    if args.sweep:
+        params_list += list(cpu_gemm_candidates())
+    wanted = set(args.cases.split(","))
+    for case in CASES:
+        if case.name not in wanted:
+            continue
+        shape = (f"M={case.m} N={case.n} K={case.k}{' trans_b' if case.trans_b else ''}"
+                 if case.conv is None else
+                 f"x={case.conv[0]} w={case.conv[1]} pad={case.conv[2]}")
+        print(f"\n{case.name}: {shape}")
+        rows = bench_case(dev, case, params_list, args.repeat)
+        base = rows[0][1][0]
+        print(f"  {'path':<62} {'GFLOP/s':>8} {'x numpy':>8} {'best':>7} {'max err':>9}")
+        for label, (median, best), error in rows:
+            print(f"  {label:<62} {case.flops / median / 1e9:8.1f} {base / median:8.2f} "
+                  f"{case.flops / best / 1e9:7.1f} {error:9.1e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
