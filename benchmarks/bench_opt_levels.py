@@ -3,8 +3,9 @@ memory against the naive one-buffer-per-tensor plan, and median latency at O0, O
 O3 on the default OpenCL device, beside onnxruntime (CPU provider, 2 threads).
 
 The runners are timed round-robin (one call of each, repeated), so that a noisy neighbour
-on the machine slows them all alike; the table shows medians and ratios (latency against O0
-and against onnxruntime, memory against the naive plan):
+on the machine slows them all alike; the table shows medians and ratios: latency against O0
+and against onnxruntime; peak device memory (all of it, then activations alone, without the
+weights) against the naive plan, one buffer per tensor of the unoptimized (O0) graph:
 
     python benchmarks/bench_opt_levels.py [--models resnet,bert] [--repeat 20] [--json out.json]
 """
@@ -41,6 +42,8 @@ class LevelResult:
     kernel_launches: int
     peak_device_bytes: int
     naive_device_bytes: int
+    peak_activation_bytes: int  # without the weights (constants)
+    naive_activation_bytes: int
     median_ms: float = 0.0
 
 
@@ -81,7 +84,8 @@ def run_model(case: Case, levels: list[int], warmup: int, repeat: int) -> ModelR
         compiled(**feeds)  # the first call finishes PoCL's kernel builds
         stats = compiled.stats
         result.levels.append(LevelResult(level, stats.kernel_launches, stats.peak_device_bytes,
-                                         stats.naive_device_bytes))
+                                         stats.naive_device_bytes, stats.peak_activation_bytes,
+                                         stats.naive_activation_bytes))
         runners.append(lambda compiled=compiled: compiled(**feeds))
     medians = _round_robin(runners, warmup, repeat)
     result.ort_ms = medians[0]
@@ -91,18 +95,21 @@ def run_model(case: Case, levels: list[int], warmup: int, repeat: int) -> ModelR
 
 
 def format_table(results: list[ModelResult]) -> str:
-    header = ("model", "level", "launches", "vs O0", "peak MiB", "naive MiB", "peak/naive",
-              "median ms", "vs O0", "vs ort")
+    header = ("model", "level", "launches", "vs O0", "peak MiB", "vs naive", "activations",
+              "vs naive", "median ms", "vs O0", "vs ort")
     rows = [header]
     for r in results:
         base = r.levels[0]
-        rows.append((r.name, "ort", "-", "-", "-", "-", "-", f"{r.ort_ms:.3f}", "-", "1.00x"))
+        rows.append((r.name, "ort", "-", "-", "-", "-", "-", "-", f"{r.ort_ms:.3f}", "-",
+                     "1.00x"))
         for lv in r.levels:
             rows.append((
                 "", f"O{lv.opt_level}", str(lv.kernel_launches),
                 f"{lv.kernel_launches / max(base.kernel_launches, 1):.0%}",
-                f"{lv.peak_device_bytes / 2**20:.2f}", f"{lv.naive_device_bytes / 2**20:.2f}",
-                f"{lv.peak_device_bytes / max(lv.naive_device_bytes, 1):.0%}",
+                f"{lv.peak_device_bytes / 2**20:.2f}",
+                f"{lv.peak_device_bytes / max(base.naive_device_bytes, 1):.0%}",
+                f"{lv.peak_activation_bytes / 2**20:.2f}",
+                f"{lv.peak_activation_bytes / max(base.naive_activation_bytes, 1):.0%}",
                 f"{lv.median_ms:.3f}", f"{lv.median_ms / base.median_ms:.2f}x",
                 f"{lv.median_ms / r.ort_ms:.2f}x"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

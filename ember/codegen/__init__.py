@@ -2,6 +2,7 @@
 package registers the kernel builder of every op family."""
 
 from ember.codegen import elementwise, linalg, movement, nn, reduce, views  # noqa: F401
+from ember.codegen import attention  # noqa: F401  (fused scaled dot-product attention)
 from ember.codegen.families import DeviceTraits, Family, Target, detect_family
 from ember.codegen.kernels import KERNEL_BUILDERS, Kernel, Launch, Lowered, NodeSpec, lower
 

@@ -135,11 +135,16 @@ def _with_alpha(template: str, *names: str) -> ExprFn:
     return expr
 
 
+def _erf_fn(dtype: DType) -> str:
+    """ember_erf (kernels.HELPERS) for float and half, the builtin for double."""
+    return "erf" if dtype is DType.FLOAT64 else "ember_erf"
+
+
 def _gelu(a, attrs, dt, out):
     x = a[0]
     if attrs["approximate"] == "tanh":
         return f"(0.5f * {x} * (1.0f + tanh(0.7978845608028654f * ({x} + 0.044715f * {x} * {x} * {x}))))"
-    return f"(0.5f * {x} * (1.0f + erf({x} * 0.7071067811865476f)))"
+    return f"(0.5f * {x} * (1.0f + {_erf_fn(out)}({x} * 0.7071067811865476f)))"
 
 
 def _isinf(a, attrs, dt, out):
@@ -175,7 +180,7 @@ C_EXPRESSIONS: dict[str, ExprFn] = {
     "Floor": _float_fn("floor({x})"),
     "Ceil": _float_fn("ceil({x})"),
     "Round": _float_fn("rint({x})"),
-    "Erf": _float_fn("erf({x})"),
+    "Erf": lambda a, at, dt, out: f"{_erf_fn(out)}({a[0]})",
     "Tanh": _float_fn("tanh({x})"),
     "Sin": _float_fn("sin({x})"),
     "Cos": _float_fn("cos({x})"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ember.errors import EmberError
+from ember.lowering.attention import FuseAttention
 from ember.lowering.fold import FoldAffineIntoConv, FoldBatchNorm
 from ember.lowering.fusion import FoldTransposeIntoMatMul, FuseElementwise, FuseEpilogues
 from ember.lowering.passes import FixedPoint, Pass
@@ -35,10 +36,11 @@ def _fold() -> FixedPoint:
 
 
 def _fuse() -> list[Pass | FixedPoint]:
-    # Patterns first (they match the exporters' op chains, which region fusion would
-    # swallow); then transposes, so that a folded Transpose is not a region input; then
-    # regions, so that a whole region (bias + activation + residual) becomes one epilogue.
-    return [*PATTERN_PASSES, FoldTransposeIntoMatMul(), FuseElementwise(), FuseEpilogues(),
+    # Patterns first (they match the exporters' op chains, which region fusion and
+    # epilogues would swallow); then transposes, so that a folded Transpose is not a region
+    # input; then regions, so that a whole region (bias + activation + residual) becomes one
+    # epilogue.
+    return [*PATTERN_PASSES, FuseAttention(), FoldTransposeIntoMatMul(), FuseElementwise(), FuseEpilogues(),
             EliminateDeadCode()]
 
 

@@ -15,5 +15,6 @@ from ember.ir.ops import linalg  # noqa: F401  (MatMul, Conv, ConvTranspose, Bat
 from ember.ir.ops import nn  # noqa: F401  (pooling, normalization, softmax)
 from ember.ir.ops import reduce  # noqa: F401  (reductions, ArgMax, CumSum, TopK)
 from ember.ir.ops import movement  # noqa: F401  (reshape, transpose, gather, pad, resize, ...)
+from ember.ir.ops import attention  # noqa: F401  (fused scaled dot-product attention)
 
 __all__ = ["OPS", "OpDef", "OpRegistry", "attr"]
