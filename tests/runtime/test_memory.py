@@ -478,9 +478,9 @@ MODEL_FEEDS = {
     "resnet_mini": lambda: image(0),
     "bert_mini": lambda: tokens(0, 128, padded=32),
 }
-# Activations (everything but the weights) with planning at O2, as a fraction of the naive
-# plan: measured 0.571 (resnet: the unshareable input image is a third of it) and 0.250.
-ACTIVATION_BOUND_O2 = {"resnet_mini": 0.60, "bert_mini": 0.30}
+# The project's bar: activations (everything but the weights, which no plan can share) at
+# O2 at most half of the naive plan, one buffer per tensor of the unoptimized (O0) graph.
+ACTIVATION_BOUND_O2 = 0.5
 
 
 @pytest.mark.parametrize("opt_level", [0, 2])
@@ -504,5 +504,8 @@ def test_models_with_memory_planning(name, opt_level, opencl_target):
     print(f"{name} O{opt_level}: device memory {total:.1%} of naive, "
           f"activations {activations:.1%}")
     if opt_level == 2:
-        assert activations <= ACTIVATION_BOUND_O2[name]
+        unoptimized = ember.compile(path, target=opencl_target, opt_level=0,
+                                    input_shapes=shapes, plan_memory=False).stats
+        assert stats.peak_activation_bytes <= (ACTIVATION_BOUND_O2
+                                               * unoptimized.naive_activation_bytes)
     assert f"{total:.0%}" in planned.summary()
