@@ -70,9 +70,10 @@ class CompiledModel:
 
     def __init__(self, source: onnx.ModelProto | Graph, device: OpenCLDevice | None,
                  opt_level: int, strict: bool, tune: bool, verify_passes: bool,
-                 record_ir: bool = False, plan_memory: bool = True) -> None:
+                 record_ir: bool = False, plan_memory: bool | None = None) -> None:
         self._source = source
-        self.plan_memory = plan_memory
+        # memory planning is part of O2 and up (DESIGN.md); O0 and O1 keep the naive plan
+        self.plan_memory = opt_level >= 2 if plan_memory is None else plan_memory
         self.device = device
         self.opt_level = opt_level
         self.strict = strict
@@ -278,7 +279,7 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives it
     strict: bool = False,
     verify_passes: bool = False,
     record_ir: bool = False,
-    plan_memory: bool = True,
+    plan_memory: bool | None = None,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) or an ember Graph for a target.
 
@@ -286,8 +287,9 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives it
     "opencl" or "opencl:P:D". input_shapes resolves symbolic dims. strict refuses host
     fallback. verify_passes runs the IR verifier after every pass; record_ir keeps the IR text
     after every pass (`ember show --passes`). tune is accepted for forward compatibility: tuned kernels come with the tuner.
-    plan_memory=False turns device buffer sharing off (one buffer per tensor, the naive plan):
-    for debugging a suspected wrong share (runtime/memory.py).
+    plan_memory: device buffer sharing (runtime/memory.py); by default on from opt_level 2,
+    as part of the optimizations. False gives one buffer per tensor (the naive plan), for
+    debugging a suspected wrong share; True plans memory at O0 and O1 too.
     """
     device = resolve_target(target)
     source = model if isinstance(model, Graph) else load_model(model)

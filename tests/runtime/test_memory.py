@@ -327,7 +327,7 @@ def test_checkers_catch_a_wrong_share():
 # -- on the device --------------------------------------------------------------------------
 def compile_both(graph, target: str, opt_level: int = 0):
     """The graph with memory planning and without; both plans checked."""
-    planned = ember.compile(graph, target=target, opt_level=opt_level)
+    planned = ember.compile(graph, target=target, opt_level=opt_level, plan_memory=True)
     naive = ember.compile(graph, target=target, opt_level=opt_level, plan_memory=False)
     check(planned.plan)
     check(naive.plan)
@@ -490,7 +490,7 @@ def test_models_with_memory_planning(name, opt_level, opencl_target):
     path = MODELS / f"{name}.onnx"
     shapes = {k: v.shape for k, v in feeds.items()}
     planned = ember.compile(path, target=opencl_target, opt_level=opt_level,
-                            input_shapes=shapes)
+                            input_shapes=shapes, plan_memory=True)
     naive = ember.compile(path, target=opencl_target, opt_level=opt_level,
                           input_shapes=shapes, plan_memory=False)
     check(planned.plan)
@@ -509,3 +509,14 @@ def test_models_with_memory_planning(name, opt_level, opencl_target):
         assert stats.peak_activation_bytes <= (ACTIVATION_BOUND_O2
                                                * unoptimized.naive_activation_bytes)
     assert f"{total:.0%}" in planned.summary()
+
+
+def test_memory_planning_is_part_of_o2(opencl_target):
+    """O0 and O1 keep one buffer per tensor; O2 and up share them (DESIGN.md's levels)."""
+    b = GraphBuilder("chain")
+    x = b.input("x", (4, 16))
+    b.output("y", b.Softmax(b.Softmax(b.Softmax(b.Softmax(x, axis=1), axis=1), axis=1), axis=1))
+    graph = b.build()
+    for level, planned in ((0, False), (1, False), (2, True), (3, True)):
+        stats = ember.compile(graph, target=opencl_target, opt_level=level).stats
+        assert (stats.peak_device_bytes < stats.naive_device_bytes) == planned, level
