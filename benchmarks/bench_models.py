@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"(default: the non-light ones); known: {[c.name for c in CASES]}")
     parser.add_argument("--repeat", type=int, default=10, help="timed calls per runner")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
-    parser.add_argument("--opt-level", type=int, default=1, help="ember's opt_level")
+    parser.add_argument("--opt-level", type=int, default=2, help="ember's opt_level")
     parser.add_argument("--targets", default="opencl,cpu,ort",
                         help="runners: opencl (ember on the default device), cpu (numpy), "
                              "ort (onnxruntime)")
