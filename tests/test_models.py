@@ -139,3 +139,22 @@ def test_gpt2_matches_onnxruntime(any_target: str) -> None:
     after = model(**changed)["logits"]
     np.testing.assert_allclose(after[:, :-1], before[:, :-1], rtol=0, atol=1e-5)
     assert_on_device(model, "gpt2_mini")
+
+
+@pytest.mark.parametrize("opt_level", [0, 3])
+@pytest.mark.parametrize("name, feeds", [
+    ("resnet_mini", lambda: image(5)),
+    ("mobilenetv2_mini", lambda: image(6)),
+    ("bert_mini", lambda: tokens(7, SEQ, padded=SEQ // 4)),
+    ("gpt2_mini", lambda: tokens(8, SEQ, mask=False)),
+])
+def test_models_match_onnxruntime_at_every_level(name: str, feeds: Callable[[], Feeds],
+                                                 opt_level: int, opencl_target: str) -> None:
+    """The tests above run the default O2; the unoptimized and the most optimized pipelines
+    must agree with onnxruntime just as well."""
+    data = feeds()
+    path = MODELS / f"{name}.onnx"
+    model = ember.compile(path, target=opencl_target, opt_level=opt_level,
+                          input_shapes={k: v.shape for k, v in data.items()})
+    compare(model, path, data, f"{name} at O{opt_level}")
+    assert_on_device(model, name)
