@@ -20,6 +20,7 @@ the ratios of one run, not absolute numbers across runs.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -250,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--target", default="opencl")
     parser.add_argument("--sweep", action="store_true", help="also every tuner candidate")
+    parser.add_argument("--json", type=Path, help="also write every row here (charts.py)")
     parser.add_argument("--params", action="append", default=[],
                         help="extra tiling mr,vw,nv,ku,group_m (repeatable)")
     args = parser.parse_args(argv)
@@ -269,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         params_list += list(cpu_gemm_candidates())
     wanted = set(args.cases.split(","))
+    report: dict[str, object] = {"device": dev.dev.info.traits.name, "cases": []}
     for case in CASES:
         if case.name not in wanted:
             continue
@@ -282,6 +285,13 @@ def main(argv: list[str] | None = None) -> int:
         for label, (median, best), error in rows:
             print(f"  {label:<62} {case.flops / median / 1e9:8.1f} {base / median:8.2f} "
                   f"{case.flops / best / 1e9:7.1f} {error:9.1e}")
+        report["cases"].append({  # type: ignore[union-attr]
+            "name": case.name, "shape": shape,
+            "rows": [{"path": label, "gflops": case.flops / median / 1e9,
+                      "x_numpy": base / median} for label, (median, _), _ in rows]})
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
     return 0
 
 
