@@ -121,12 +121,27 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"    compute units {t.compute_units}, max work-group {t.max_work_group_size}, "
               f"local memory {t.local_mem_bytes // 1024} KiB, "
               f"fp16 {'yes' if t.fp16 else 'no'}, fp64 {'yes' if t.fp64 else 'no'}")
+        _print_tuning(info)
     default = resolve_target(None)
     if default is None:
         print("default target: cpu (numpy executor; no OpenCL device)")
     else:
         print(f"default target: {default.info.target} ({default.info.traits.name})")
     return EXIT_OK
+
+
+def _print_tuning(info: ember.DeviceInfo) -> None:
+    """Where the kernels' tunables come from on this device, and its TuningDB."""
+    from ember.cli_tune import tunables_line
+    from ember.codegen.families import Target
+    from ember.codegen.tuning_db import TuningDB
+
+    family, target = info.family, Target(info.traits, info.family)
+    if family.arch or family.generation:
+        print(f"    arch {family.arch or '?'} {family.generation}".rstrip())
+    print(f"    tunables: {tunables_line(target)}")
+    db = TuningDB(target)
+    print(f"    tuned kernels: {len(db)} in {db.path}")
 
 
 # -- ember run ------------------------------------------------------------------------------
@@ -334,6 +349,14 @@ def build_parser() -> argparse.ArgumentParser:
                "check them against the held-out labels and the numpy reference")
     demo.add_argument("--target", default=None, help="as for run (default: the default device)")
     demo.add_argument("--repeat", type=int, default=20, help="timed runs for the latency")
+
+    from ember.cli_cache import add_cache_commands  # here: it imports helpers from this module
+
+    add_cache_commands(add)
+
+    from ember.cli_tune import add_tune_command  # `ember tune` (the autotuner)
+
+    add_tune_command(add)
     return parser
 
 

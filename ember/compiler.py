@@ -18,7 +18,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ember.codegen.cache import BinaryCache
+from ember.codegen.families import TUNABLE_OPS, Target
 from ember.codegen.kernels import lower
+from ember.codegen.tuner import TuneBudget, TuneResult, tuned_target
 from ember.errors import DTypeError, InputError, ShapeError, UnsupportedOpError
 from ember.frontends.onnx import import_graph, input_signature, load_model
 from ember.ir import DType, Graph, verify
@@ -27,7 +30,7 @@ from ember.runtime.device import OpenCLDevice, resolve_target
 from ember.runtime.memory import build_memory_plan
 from ember.runtime.numpy import evaluate_graph
 from ember.runtime.opencl import OpenCLExecutor
-from ember.runtime.plan import HOST, ExecutionPlan, build_plan, node_spec
+from ember.runtime.plan import DEVICE, HOST, ExecutionPlan, build_plan, node_spec
 
 __all__ = ["compile", "CompiledModel", "ModelStats"]
 
@@ -69,8 +72,9 @@ class CompiledModel:
     position); it returns a dict of output name -> array."""
 
     def __init__(self, source: onnx.ModelProto | Graph, device: OpenCLDevice | None,
-                 opt_level: int, strict: bool, tune: bool, verify_passes: bool,
-                 record_ir: bool = False, plan_memory: bool | None = None) -> None:
+                 opt_level: int, strict: bool, tune: bool | TuneBudget, verify_passes: bool,
+                 record_ir: bool = False, plan_memory: bool | None = None,
+                 cache: bool | str | os.PathLike | BinaryCache | None = True) -> None:
         self._source = source
         # memory planning is part of O2 and up (DESIGN.md); O0 and O1 keep the naive plan
         self.plan_memory = opt_level >= 2 if plan_memory is None else plan_memory
@@ -78,8 +82,10 @@ class CompiledModel:
         self.opt_level = opt_level
         self.strict = strict
         self.tune = tune
+        self.tune_results: list[TuneResult] = []  # what tune= measured (ember tune prints it)
         self._verify = verify_passes
         self._record_ir = record_ir
+        self.cache = cache  # the binary cache (codegen/cache.py): see compile()
         if isinstance(source, Graph):
             self._signature: dict[str, tuple[Dims, DType]] = {
                 name: (graph_type.shape, graph_type.dtype)
@@ -125,6 +131,8 @@ class CompiledModel:
                               keep_text=self._record_ir)
         records = manager.run(graph, ctx)
         verify(graph)
+        if target is not None and (self.tune or self.opt_level >= 3):
+            target = self._tuned_target(graph, target)
         plan = build_plan(graph, target, plan_memory=self.plan_memory,
                           pack_constants=self.opt_level >= 2)
         if self.strict and self.device is not None and plan.host_steps:
@@ -133,12 +141,26 @@ class CompiledModel:
                 f"strict=True: {len(plan.host_steps)} step(s) have no kernel on "
                 f"{self.device.info.traits.name} and would run on the host: {listed}"
             )
-        executor = OpenCLExecutor(plan, self.device) if self.device is not None else None
+        executor = (OpenCLExecutor(plan, self.device, cache=self.cache)
+                    if self.device is not None else None)
         spec = _Specialization(key, graph, plan, executor, records,
                                time.perf_counter() - start)
         self._specializations[key] = spec
         self._current = spec
         return spec
+
+    def _tuned_target(self, graph: Graph, target: Target) -> Target:
+        """The target carrying tuned params for this graph's MatMul / Conv kernels: tuned now
+        where the TuningDB lacks them (tune=), else as the DB has them (opt_level 3)."""
+        assert self.device is not None
+        specs = [node_spec(graph, node, pack_constants=self.opt_level >= 2)
+                 for node in graph.topological_order()
+                 if graph.op(node) in TUNABLE_OPS
+                 and graph.meta(node, "placement", HOST) == DEVICE]
+        budget = self.tune if isinstance(self.tune, TuneBudget) else TuneBudget()
+        tuned, results = tuned_target(specs, self.device, tune=bool(self.tune), budget=budget)
+        self.tune_results.extend(results)
+        return target.with_tuning(tuned.tuning)
 
     # -- calling --------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -275,25 +297,33 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives it
     target: str | None = None,
     opt_level: int = 2,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    tune: bool = False,
+    tune: bool | TuneBudget = False,
     strict: bool = False,
     verify_passes: bool = False,
     record_ir: bool = False,
     plan_memory: bool | None = None,
+    cache: bool | str | os.PathLike | BinaryCache | None = True,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto) or an ember Graph for a target.
 
     target: None (first OpenCL GPU, else first OpenCL device, else numpy), "cpu" (numpy),
     "opencl" or "opencl:P:D". input_shapes resolves symbolic dims. strict refuses host
     fallback. verify_passes runs the IR verifier after every pass; record_ir keeps the IR text
-    after every pass (`ember show --passes`). tune is accepted for forward compatibility: tuned kernels come with the tuner.
+    after every pass (`ember show --passes`).
+    tune: measure the MatMul / Conv kernels' candidate parameters on the device (within
+    TuneBudget()'s 60 s per model, or the TuneBudget given), keep them in the TuningDB
+    (codegen/tuning_db.py) and build with the fastest correct ones; kernels already in the
+    DB are not measured again. opt_level 3 uses what the DB holds without tuning.
     plan_memory: device buffer sharing (runtime/memory.py); by default on from opt_level 2,
     as part of the optimizations. False gives one buffer per tensor (the naive plan), for
     debugging a suspected wrong share; True plans memory at O0 and O1 too.
+    cache: the binary cache of built programs (codegen/cache.py): True uses the one in
+    EMBER_CACHE_DIR or the user cache directory, False builds from source every time, a
+    directory or a BinaryCache uses that one.
     """
     device = resolve_target(target)
     source = model if isinstance(model, Graph) else load_model(model)
     compiled = CompiledModel(source, device, opt_level, strict, tune, verify_passes, record_ir,
-                             plan_memory)
+                             plan_memory, cache=cache)
     compiled._specialize(input_shapes)
     return compiled

@@ -3,7 +3,9 @@
 Both are implicit GEMMs on the tiling of tiled_gemm.cl.j2 (GemmParams from matmul.py): the
 weight of one group is the A matrix, and the B tile is gathered from X while it is loaded.
 Convolutions whose groups have one input channel (depthwise) use a direct kernel instead,
-since their GEMM would have a single row of K.
+since their GEMM would have a single row of K. On CPU devices, convolutions use the
+register-tiled strategy of gemm_cpu.py and 2-D depthwise ones the row-vector kernel of
+conv_depthwise.py.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import functools
 import math
 from typing import Any
 
+from ember.codegen.conv_depthwise import depthwise_cpu_lowered
 from ember.codegen.elementwise import compute_type, extensions_for, load_expr
 from ember.codegen.epilogue import EpilogueCode, epilogue_code
-from ember.codegen.families import Target
+from ember.codegen.families import Lookup, Target, params_for, tuning_key
 from ember.codegen.gemm_cpu import (
-    conv1x1_problem, conv_problem, cpu_gemm_launch, cpu_gemm_params, is_pointwise,
+    conv1x1_problem, conv_problem, cpu_gemm_launch, is_pointwise,
     pack_conv_weight, render_cpu_gemm,
 )
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.matmul import gemm_launch, gemm_params, index_type
 from ember.codegen.render import contiguous_strides, kernel_name, render
+from ember.ir import DType
 from ember.ir.ops.fused import epilogue_inputs
 from ember.ir.ops.linalg import ConvGeometry, conv_geometry
 
@@ -91,14 +95,16 @@ def _gemm_lowered(kind: str, template: str, spec: NodeSpec, g: ConvGeometry,
     values = _common(spec, g)
     if values is None:
         return None
-    params = gemm_params(target, values["cog"], values["out_size"], values["kdim"],
-                         _itemsize(values["acc"]))
+    itemsize = _itemsize(values["acc"])
+    lookup = params_for("gemm", tuning_key(spec), target, itemsize)
+    params = gemm_params(target, values["cog"], values["out_size"], values["kdim"], itemsize,
+                         lookup.params)
     name = kernel_name(kind, spec.inputs, spec.outputs, spec.attrs.key(), params)
     source = render(template, name=name, p=params, **values)
     kernel = Kernel(name, source, extensions_for([spec.inputs[0].dtype, spec.outputs[0].dtype]))
     global_size, local_size = gemm_launch(params, values["cog"], values["out_size"],
                                           values["batches"])
-    return Lowered((Launch(kernel, global_size, local_size, _args(spec)),))
+    return Lowered((Launch(kernel, global_size, local_size, _args(spec)),), tuning=lookup)
 
 
 def _direct_lowered(spec: NodeSpec, g: ConvGeometry) -> Lowered | None:
@@ -118,14 +124,25 @@ def build_conv(spec: NodeSpec, target: Target) -> Lowered | None:
     if spec.outputs[0].size == 0:
         return Lowered(())
     if g.cin_per_group == 1:
+        if target.family.name == "cpu":
+            values = _common(spec, g)
+            lowered = depthwise_cpu_lowered(spec, g, values) if values is not None else None
+            if lowered is not None:
+                return lowered
         return _direct_lowered(spec, g)
     x, out = spec.inputs[0], spec.outputs[0]
     if target.family.name == "cpu" and x.dtype.is_float and out.dtype is x.dtype:
-        return _cpu_lowered(spec, g)
+        return _cpu_lowered(spec, g, target)
     return _gemm_lowered("conv", "conv.cl.j2", spec, g, target)
 
 
-def _cpu_lowered(spec: NodeSpec, g: ConvGeometry) -> Lowered | None:
+def _cpu_gemm_lookup(spec: NodeSpec, target: Target, m: int) -> Lookup:
+    """The CPU GEMM tunables of a conv product with M rows (tuned, else the defaults)."""
+    itemsize = 8 if spec.inputs[0].dtype is DType.FLOAT64 else 4
+    return params_for("gemv_cpu" if m == 1 else "gemm_cpu", tuning_key(spec), target, itemsize)
+
+
+def _cpu_lowered(spec: NodeSpec, g: ConvGeometry, target: Target) -> Lowered | None:
     """The register-tiled CPU strategy (gemm_cpu.py): a pointwise conv is the plain product
     W @ X per image; others gather im2col rows as A, with output channels as vector lanes."""
     values = _common(spec, g)
@@ -138,11 +155,13 @@ def _cpu_lowered(spec: NodeSpec, g: ConvGeometry) -> Lowered | None:
     store = epilogue.store("y", "y_off", value)
     packed: tuple = ()
     if is_pointwise(g):
-        params = cpu_gemm_params(g.cout_per_group, math.prod(g.out_spatial))
+        lookup = _cpu_gemm_lookup(spec, target, g.cout_per_group)
+        params = lookup.params.fitted(g.cout_per_group, math.prod(g.out_spatial))
         problem = conv1x1_problem(g, dtype, has_bias=has_bias, store=store,
                                   extra_params=epilogue.declarations, idx=values["idx"])
     else:
-        params = cpu_gemm_params(math.prod(g.out_spatial), g.cout_per_group)
+        lookup = _cpu_gemm_lookup(spec, target, math.prod(g.out_spatial))
+        params = lookup.params.fitted(math.prod(g.out_spatial), g.cout_per_group)
         pack = 1 in spec.packable
         problem = conv_problem(g, dtype, params=params, packed_w=pack, has_bias=has_bias,
                                store=store, extra_params=epilogue.declarations,
@@ -157,7 +176,8 @@ def _cpu_lowered(spec: NodeSpec, g: ConvGeometry) -> Lowered | None:
     n_base = _base_inputs(spec)
     args = tuple((IN, i) for i in range(n_base)) + ((OUT, 0),) + tuple(
         (IN, i) for i in range(n_base, len(spec.inputs)))
-    return Lowered((Launch(kernel, global_size, local_size, args),), packed=packed)
+    return Lowered((Launch(kernel, global_size, local_size, args),), packed=packed,
+                   tuning=lookup)
 
 
 @kernel_builder("ConvTranspose")

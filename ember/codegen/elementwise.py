@@ -191,8 +191,12 @@ C_EXPRESSIONS: dict[str, ExprFn] = {
     "LeakyRelu": _with_alpha("({x} < 0 ? {alpha} * {x} : {x})", "alpha"),
     "Elu": _with_alpha("({x} < 0 ? {alpha} * (exp({x}) - ({T})1) : {x})", "alpha"),
     "Selu": _with_alpha("({x} <= 0 ? {gamma} * {alpha} * (exp({x}) - ({T})1) : {gamma} * {x})", "alpha", "gamma"),
-    "HardSigmoid": _with_alpha("fmin(fmax({alpha} * {x} + {beta}, ({T})0), ({T})1)", "alpha", "beta"),
-    "HardSwish": _float_fn("({x} * fmin(fmax({x} / ({T})6 + ({T})0.5, ({T})0), ({T})1))"),
+    # clamps as ternaries: NaN stays NaN as in np.clip, and PoCL calls fmin/fmax out of line
+    "HardSigmoid": _with_alpha("({alpha} * {x} + {beta} < ({T})0 ? ({T})0 : ({alpha} * {x} + "
+                               "{beta} > ({T})1 ? ({T})1 : {alpha} * {x} + {beta}))",
+                               "alpha", "beta"),
+    "HardSwish": _float_fn("({x} * ({x} / ({T})6 + ({T})0.5 < ({T})0 ? ({T})0 : ({x} / ({T})6 "
+                           "+ ({T})0.5 > ({T})1 ? ({T})1 : {x} / ({T})6 + ({T})0.5)))"),
     "Swish": _with_alpha("({x} / (({T})1 + exp(-({alpha} * {x}))))", "alpha"),
     "Equal": _compare("=="),
     "Less": _compare("<"),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ember.codegen.families import Target
+from ember.codegen.families import Lookup, Target
 from ember.ir import Attrs, DType, TensorType
 
 __all__ = [
@@ -66,6 +66,9 @@ class Lowered:
     # constant input i, once at compile time (pre-packed weights)
     packed: tuple[tuple[int, Callable[[np.ndarray], np.ndarray]], ...] = field(
         default=(), compare=False)
+    # the tunables the builder looked up (kind, key, params, answering level): the tuner
+    # reads which kind and key to tune from it
+    tuning: Lookup | None = field(default=None, compare=False)
 
     @property
     def kernels(self) -> tuple[Kernel, ...]:

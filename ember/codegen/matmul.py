@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 
 from ember.codegen.elementwise import compute_type, extensions_for, load_expr, store_stmt
 from ember.codegen.epilogue import EpilogueCode, epilogue_code
-from ember.codegen.families import Target
+from ember.codegen.families import Target, params_for, tuning_key
 from ember.codegen.gemm_cpu import (
-    cpu_gemm_launch, cpu_gemm_params, matmul_problem, pack_b, render_cpu_gemm,
+    cpu_gemm_launch, matmul_problem, pack_b, render_cpu_gemm,
 )
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.render import broadcast_strides, kernel_name, render
@@ -116,9 +116,12 @@ _FALLBACKS = (GemmParams(16, 16, 16, 2, 2, 0), GemmParams(8, 8, 8, 1, 1, 0),
               GemmParams(1, 1, 1, 1, 1, 0))
 
 
-def gemm_params(target: Target, m: int, n: int, k: int, itemsize: int) -> GemmParams:
-    """The tiling for an M x N x K product on `target`: family default, else a fallback."""
-    first = DEFAULT_GEMM_PARAMS.get(target.family.name, DEFAULT_GEMM_PARAMS["generic"])
+def gemm_params(target: Target, m: int, n: int, k: int, itemsize: int,
+                first: GemmParams | None = None) -> GemmParams:
+    """The tiling for an M x N x K product on `target`: `first` (what `params_for` gave:
+    tuned or a default), else the family default; a fallback where it does not fit."""
+    if first is None:
+        first = DEFAULT_GEMM_PARAMS.get(target.family.name, DEFAULT_GEMM_PARAMS["generic"])
     for params in (first, *_FALLBACKS):
         fitted = params.fitted(m, n, k)
         if not fitted.violations(target, itemsize):
@@ -160,8 +163,10 @@ def build_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
     if epilogue is None:
         return None
     if target.family.name == "cpu" and a.dtype.is_float and out.dtype is a.dtype:
-        return cpu_matmul(spec, epilogue, idx)
-    params = gemm_params(target, m, n, k, 8 if acc in ("double", "long", "ulong") else 4)
+        return cpu_matmul(spec, epilogue, idx, target)
+    itemsize = 8 if acc in ("double", "long", "ulong") else 4
+    lookup = params_for("gemm", tuning_key(spec), target, itemsize)
+    params = gemm_params(target, m, n, k, itemsize, lookup.params)
     batch_axes = [
         {"size": size, "a_stride": sa * m * k, "b_stride": sb * k * n}
         for size, sa, sb in zip(dims.batch, broadcast_strides(dims.a_batch, dims.batch),
@@ -184,16 +189,18 @@ def build_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
     kernel = Kernel(name, source, extensions_for([a.dtype, out.dtype]))
     global_size, local_size = gemm_launch(params, m, n, dims.batch_size)
     args = tuple((IN, i) for i in range(len(spec.inputs))) + ((OUT, 0),)
-    return Lowered((Launch(kernel, global_size, local_size, args),))
+    return Lowered((Launch(kernel, global_size, local_size, args),), tuning=lookup)
 
 
-def cpu_matmul(spec: NodeSpec, epilogue: EpilogueCode, idx: str) -> Lowered:
+def cpu_matmul(spec: NodeSpec, epilogue: EpilogueCode, idx: str, target: Target) -> Lowered:
     """The register-tiled CPU strategy (gemm_cpu.py): no local memory, vector rows of B."""
     a, b = spec.inputs[:2]
     out = spec.outputs[0]
     trans_a, trans_b = spec.attrs["trans_a"], spec.attrs["trans_b"]
     dims = matmul_dims(a.shape, b.shape, trans_a, trans_b)
-    params = cpu_gemm_params(dims.m, dims.n)
+    lookup = params_for("gemv_cpu" if dims.m == 1 else "gemm_cpu", tuning_key(spec), target,
+                        8 if a.dtype is DType.FLOAT64 else 4)
+    params = lookup.params.fitted(dims.m, dims.n)
     # A constant B is packed once, at compile time, into panels read with aligned vector
     # loads (2-5x faster than strided rows); a GEMV streams B once and gains nothing.
     pack = 1 in spec.packable and dims.m > 1
@@ -206,4 +213,5 @@ def cpu_matmul(spec: NodeSpec, epilogue: EpilogueCode, idx: str) -> Lowered:
     global_size, local_size = cpu_gemm_launch(problem, params)
     args = ((IN, 0), (IN, 1), (OUT, 0)) + tuple((IN, i) for i in range(2, len(spec.inputs)))
     packed = ((1, functools.partial(pack_b, params=params, trans=bool(trans_b))),) if pack else ()
-    return Lowered((Launch(kernel, global_size, local_size, args),), packed=packed)
+    return Lowered((Launch(kernel, global_size, local_size, args),), packed=packed,
+                   tuning=lookup)

@@ -10,7 +10,8 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from ember.codegen.families import DeviceTraits, Family, Target
+from ember.codegen.cache import share_pocl_cache
+from ember.codegen.families import DeviceTraits, Family, Target, read_traits
 from ember.errors import DeviceError
 
 __all__ = ["DeviceInfo", "devices", "resolve_target", "OpenCLDevice", "NUMPY"]
@@ -50,25 +51,9 @@ def _cl():
 
 
 def _traits(cl, platform, device) -> DeviceTraits:
-    return DeviceTraits(
-        name=device.name.strip(),
-        vendor=device.vendor.strip(),
-        version=device.version.strip(),
-        driver_version=device.driver_version.strip(),
-        platform=platform.name.strip(),
-        device_type=_device_type(cl, device.type),
-        compute_units=int(device.max_compute_units),
-        max_work_group_size=int(device.max_work_group_size),
-        local_mem_bytes=int(device.local_mem_size),
-        extensions=frozenset(device.extensions.split()),
-    )
-
-
-def _device_type(cl, flags: int) -> str:
-    for name in ("GPU", "CPU", "ACCELERATOR"):
-        if flags & getattr(cl.device_type, name):
-            return name
-    return "OTHER"
+    # families.read_traits also reads the vendor attributes family detection needs
+    # (NVIDIA compute capability, AMD board name and wavefront width)
+    return read_traits(platform, device)
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,6 +61,7 @@ def _discover() -> tuple[tuple[DeviceInfo, object], ...]:
     cl = _cl()
     if cl is None:
         return ()
+    share_pocl_cache()  # before PoCL initializes: it reads POCL_CACHE_DIR once
     try:
         platforms = cl.get_platforms()
     except cl.Error as exc:  # PLATFORM_NOT_FOUND_KHR: no driver installed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ember.codegen.cache import BinaryCache, cache_key, ember_version, resolve_cache
 from ember.codegen.kernels import IN, OUT, TMP, Kernel, program_header
 from ember.errors import CompileError, DeviceError
 from ember.ir import OPS
@@ -39,9 +41,12 @@ def program_source(kernels: list[Kernel]) -> str:
     return program_header(kernels) + "\n".join(k.source for k in kernels)
 
 
-def build_program(device: OpenCLDevice, source: str, options: tuple[str, ...] = ()):
+def build_program(device: OpenCLDevice, source: str, options: tuple[str, ...] = (),
+                  cache: bool | str | os.PathLike[str] | BinaryCache | None = True):
     """Build (or reuse) a program. A failure raises CompileError with the build log and the
-    path of the source written out for reading."""
+    path of the source written out for reading. Builds go through the binary cache
+    (codegen/cache.py): `cache` is True (the default cache), False, a directory or a
+    BinaryCache."""
     import pyopencl as cl
 
     digest = hashlib.sha256((source + "\0" + " ".join(options)).encode()).hexdigest()
@@ -51,23 +56,67 @@ def build_program(device: OpenCLDevice, source: str, options: tuple[str, ...] = 
     if program is not None:
         return program
     start = time.perf_counter()
-    try:
-        program = cl.Program(device.context, source).build(options=list(options))
-    except cl.Error as exc:
-        path = Path(tempfile.gettempdir()) / f"ember-failed-{digest[:16]}.cl"
-        path.write_text(source)
-        log_text = ""
+    store = resolve_cache(cache)
+    stored_as = ""
+    if store is not None:
+        stored_as = cache_key(source, options, device.info.traits.fingerprint, ember_version())
+        program = _load_binary(store, stored_as, device, source, options)
+    if program is None:
         try:
-            log_text = str(getattr(exc, "what", lambda: exc)())
-        except Exception:  # noqa: BLE001 - the log is best effort; the error still stands
-            log_text = str(exc)
-        raise CompileError(
-            f"OpenCL build failed on {device.info.traits.name}", log_text, str(path)
-        ) from None
+            program = cl.Program(device.context, source).build(options=list(options))
+        except cl.Error as exc:
+            path = Path(tempfile.gettempdir()) / f"ember-failed-{digest[:16]}.cl"
+            path.write_text(source)
+            log_text = ""
+            try:
+                log_text = str(getattr(exc, "what", lambda: exc)())
+            except Exception:  # noqa: BLE001 - the log is best effort; the error still stands
+                log_text = str(exc)
+            raise CompileError(
+                f"OpenCL build failed on {device.info.traits.name}", log_text, str(path)
+            ) from None
+        if store is not None and store.wants_binary(device.info.traits):
+            _store_binary(store, stored_as, device, source, options, program)
     log.debug("built program %s in %.3fs", digest[:12], time.perf_counter() - start)
     with _PROGRAMS_LOCK:
         _PROGRAMS[key] = program
     return program
+
+
+def _load_binary(store: BinaryCache, key: str, device: OpenCLDevice, source: str,
+                 options: tuple[str, ...]):
+    """The program from its cached binary, or None. A binary the driver refuses is deleted:
+    the caller builds from source and stores a fresh one."""
+    import pyopencl as cl
+
+    binary = store.load(key, source, options, device.info.traits.fingerprint)
+    if binary is None:
+        log.info("program %s is not in the binary cache %s for %s: building from source",
+                 key[:12], store.root, device.info.traits.name)
+        return None
+    try:
+        program = cl.Program(device.context, [device.device], [binary]).build(
+            options=list(options))
+    except cl.Error as exc:
+        store.reject(key, f"was refused by the driver ({str(exc).splitlines()[0]})")
+        store.record("misses")
+        return None
+    store.record("hits")
+    log.info("program %s loaded from the binary cache %s", key[:12], store.root)
+    return program
+
+
+def _store_binary(store: BinaryCache, key: str, device: OpenCLDevice, source: str,
+                  options: tuple[str, ...], program) -> None:
+    import pyopencl as cl
+
+    try:
+        binaries = program.get_info(cl.program_info.BINARIES)
+    except cl.Error as exc:  # a driver may not hand binaries out: then nothing is cached
+        log.info("no program binary from %s (%s); not cached", device.info.traits.name, exc)
+        return
+    if binaries and binaries[0]:
+        store.store(key, source, options, device.info.traits.fingerprint, bytes(binaries[0]))
 
 
 class _BoundLaunch:
@@ -80,14 +129,16 @@ class _BoundLaunch:
 
 
 class OpenCLExecutor:
-    def __init__(self, plan: ExecutionPlan, device: OpenCLDevice) -> None:
+    def __init__(self, plan: ExecutionPlan, device: OpenCLDevice,
+                 cache: bool | str | os.PathLike[str] | BinaryCache | None = True) -> None:
         import pyopencl as cl
 
         self._cl = cl
         self.plan = plan
         self.device = device
         kernels = plan.kernels()
-        self.program = build_program(device, program_source(kernels)) if kernels else None
+        self.program = (build_program(device, program_source(kernels), cache=cache)
+                        if kernels else None)
         self.memory = plan.memory if plan.memory is not None else build_memory_plan(plan)
         # Kernel args do not keep their buffers alive: the executor must (else use-after-free).
         self._arenas = [

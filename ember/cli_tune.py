@@ -1,0 +1,132 @@
+"""`ember tune`: tune the MatMul / Conv kernels of models on a device and keep the results in
+the TuningDB (codegen/tuning_db.py); registered by cli.build_parser."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Sequence
+
+import ember
+from ember.codegen.families import Target, param_kinds, params_for
+from ember.codegen.tuner import TuneBudget, TuneResult
+from ember.codegen.tuning_db import TuningDB
+from ember.errors import DeviceError, InputError, ShapeError
+from ember.frontends.onnx import input_signature, load_model
+from ember.runtime.device import resolve_target
+
+__all__ = ["add_tune_command", "parse_seconds", "parse_input_shapes", "tunables_line",
+           "format_result"]
+
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_seconds(text: str) -> float:
+    """'60s', '90', '1.5m', '2h' -> seconds (argparse type)."""
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(s|m|min|h)?\s*", text.lower())
+    if not found or float(found.group(1)) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a duration like 60s, 2m or 90")
+    return float(found.group(1)) * _UNITS[found.group(2) or ""]
+
+
+def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """['x=1,3,224,224', ...] -> {'x': (1, 3, 224, 224)}."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for item in items:
+        name, sep, dims = item.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or any(d < 0 for d in shape):
+            raise ShapeError(f"--input-shape {item!r}: expected NAME=D1,D2,... with dims >= 0")
+        if name in shapes:
+            raise InputError(f"--input-shape gives input {name!r} twice")
+        shapes[name] = shape
+    return shapes
+
+
+def tunables_line(target: Target) -> str:
+    """Where each kernel kind's parameters come from on a device (for `ember info`)."""
+    return ", ".join(f"{kind} from {params_for(kind, None, target).source}"
+                     for kind in param_kinds())
+
+
+def format_result(r: TuneResult) -> str:
+    if r.skipped:
+        return f"  {r.kind:9} {r.key}: already tuned (in the TuningDB)"
+    best, default = r.best, r.default_trial
+    if best is None:
+        return (f"  {r.kind:9} {r.key}: every candidate was rejected "
+                f"({r.rejected[0].error if r.rejected else 'none measured'})")
+
+    def rate(seconds: float | None) -> str:
+        value = r.gflops(seconds)
+        return f"{value:.2f} GFLOP/s" if value is not None else "rejected"
+
+    base = default.seconds if default is not None else None
+    speedup = f" ({r.speedup:.2f}x)" if r.speedup is not None else ""
+    return (f"  {r.kind:9} {r.key}\n"
+            f"            default {rate(base)} ({r.default.source}) -> tuned "
+            f"{rate(best.seconds)}{speedup} with {best.params}\n"
+            f"            {len(r.trials)} candidate(s), {len(r.rejected)} rejected, "
+            f"{'whole space' if r.exhausted else 'sampled'}, {r.elapsed:.1f} s")
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    device = resolve_target(args.target)
+    if device is None:
+        raise DeviceError("ember tune needs an OpenCL device (pip install "
+                          "pocl-binary-distribution gives a CPU one); none was found")
+    if not args.model and not (args.import_file or args.export):
+        raise InputError("give at least one MODEL (or --import / --export)")
+    db = TuningDB(device.target)
+    if args.import_file:
+        taken = db.import_(args.import_file)
+        print(f"imported {taken} entr{'y' if taken == 1 else 'ies'} from {args.import_file}")
+    shapes = parse_input_shapes(args.input_shape)
+    protos = [(path, load_model(path)) for path in args.model]
+    names = {name for _, proto in protos for name in input_signature(proto)}
+    unknown = sorted(set(shapes) - names)
+    if unknown:
+        raise InputError(f"--input-shape names unknown input(s) {unknown}; the models' "
+                         f"inputs are {sorted(names)}")
+    budget = TuneBudget(model_seconds=args.budget,
+                        kernel_seconds=min(args.kernel_budget, args.budget))
+    info = device.info
+    for path, proto in protos:
+        mine = {n: s for n, s in shapes.items() if n in input_signature(proto)}
+        print(f"tuning {path} on {info.target} {info.traits.name} (family "
+              f"{info.family.name}), budget {args.budget:g} s")
+        model = ember.compile(proto, target=args.target, opt_level=args.opt,
+                              input_shapes=mine or None, tune=budget)
+        if not model.tune_results:
+            print("  no tunable kernels (MatMul / Conv on the device)")
+        for result in model.tune_results:
+            print(format_result(result))
+    db.reload()
+    if args.export:
+        count = db.export(args.export)
+        print(f"exported {count} entr{'y' if count == 1 else 'ies'} to {args.export}")
+    print(f"TuningDB: {db.path} ({len(db)} entr{'y' if len(db) == 1 else 'ies'})")
+    return 0
+
+
+def add_tune_command(add: Callable[..., argparse.ArgumentParser]) -> None:
+    tune = add("tune", _cmd_tune, "tune the MatMul / Conv kernels of models on a device "
+               "(measured, checked against the reference) and keep the fastest parameters in "
+               "the TuningDB; later compiles with tune=True or opt_level 3 use them")
+    tune.add_argument("model", nargs="*", help="paths of ONNX models")
+    tune.add_argument("--budget", type=parse_seconds, default=60.0, metavar="60s",
+                      help="time for each model (default 60s)")
+    tune.add_argument("--kernel-budget", type=parse_seconds, default=20.0, metavar="20s",
+                      help="time for each kernel (default 20s)")
+    tune.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
+                      help="an input's shape (symbolic dims default to 1); repeatable")
+    tune.add_argument("--target", default=None, help="opencl or opencl:P:D (default: the "
+                      "first GPU, else the first device)")
+    tune.add_argument("--opt", type=int, default=2, choices=range(4),
+                      help="opt level the models are compiled at (fusion changes kernels)")
+    tune.add_argument("--import", dest="import_file", metavar="FILE",
+                      help="first merge a TuningDB file exported on the same kind of device")
+    tune.add_argument("--export", metavar="FILE", help="write this device's TuningDB to FILE")

@@ -1,0 +1,466 @@
+"""The autotuner: measure a kernel's candidate parameters on the device, keep the fastest
+one that computes the right result, and remember it in the TuningDB.
+
+How tuned parameters reach the kernels: a builder asks `families.params_for(kind, key,
+target)`; the answer comes from `target.tuning` (a hashable TuningTable that `tuned_target`
+fills from the DB for one model's kernels) before the defaults. So a candidate is measured
+by lowering the spec for a target whose table holds just that candidate: the tuner runs
+exactly the code path compile() runs, and `lower()`'s cache stays correct. The builder
+reports which kind and key it looked up (`Lowered.tuning`), so the tuner never guesses.
+
+Measuring (`Bench`): inputs are small random integers stored as floats, so every sum of
+products is exact in float32 and a correct kernel matches the numpy reference (`OPS[op].
+evaluate`) within the float32 row of tests/harness.py's TOLERANCE (half: computed in float,
+rounded once); any other result rejects the candidate, as does a build or launch error.
+Outputs are filled with NaN before the checked run, so an element a kernel never writes
+cannot pass. Times are OpenCL profiling-event times: warm-up runs, then the median of
+repeats, each run on the next of several copies of the buffers so that caches do not
+flatter.
+
+Search: the builder's own (default) parameters first, then every candidate when the space
+is small, else a random sample and a local refinement around the best (one axis step at a
+time, until no neighbour is faster), then another sample and refinement (`restarts`),
+within a time budget per kernel and per model. Results go to the DB after each
+kernel, so an interrupted run resumes where it stopped: keys already in the DB are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ember.codegen.families import (
+    Lookup, Target, TuningTable, param_kinds, search_space, tunable_spec,
+)
+from ember.codegen.kernels import IN, OUT, TMP, Kernel, Lowered, NodeSpec, lower, program_header
+from ember.codegen.tuning_db import TuningDB
+from ember.ir import OPS, DType
+
+__all__ = ["TuneBudget", "Trial", "TuneResult", "Tuner", "Bench", "Rejected", "tuned_target",
+           "spec_flops", "TOLERANCE"]
+
+log = logging.getLogger(__name__)
+
+# Allowed (rtol, atol) per float dtype: the rows of tests/harness.py's TOLERANCE table.
+TOLERANCE = {DType.FLOAT32: (1e-5, 1e-5), DType.FLOAT16: (2e-3, 2e-3),
+             DType.FLOAT64: (1e-12, 1e-12)}
+_CHUNK = 8  # candidates built into one program (one build instead of eight)
+
+
+class TuningDevice(Protocol):
+    """What the tuner needs of a device (runtime.device.OpenCLDevice has it)."""
+
+    context: Any
+    target: Target
+
+    @property
+    def profiling_queue(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TuneBudget:
+    """How long tuning may take, and how thoroughly it measures."""
+
+    model_seconds: float = 60.0
+    kernel_seconds: float = 20.0
+    repeats: int = 5  # timed runs per candidate (their median counts)
+    warmup: int = 1
+    exhaustive_limit: int = 24  # spaces up to this size are measured whole
+    samples: int = 10  # random candidates measured before refining a large space
+    restarts: int = 1  # further random samples (and refinements) once a refinement ends
+    seed: int = 0
+    rotate_bytes: int = 64 << 20  # buffer copies rotated through: at least this many bytes
+
+
+class Rejected(Exception):
+    """A candidate that failed to build, to launch, or to compute the reference's result."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    params: Any
+    seconds: float | None  # median device time; None when rejected
+    error: str | None = None
+
+
+@dataclass
+class TuneResult:
+    """What tuning one kernel found."""
+
+    kind: str
+    key: str
+    flops: int
+    default: Lookup  # what the builder uses untuned
+    trials: list[Trial] = field(default_factory=list)
+    elapsed: float = 0.0
+    skipped: bool = False  # already in the DB: nothing measured
+    exhausted: bool = False  # every candidate of the space was measured
+
+    def _accepted(self) -> list[Trial]:
+        return [t for t in self.trials if t.seconds is not None]
+
+    @property
+    def best(self) -> Trial | None:
+        accepted = self._accepted()
+        return min(accepted, key=lambda t: t.seconds) if accepted else None
+
+    @property
+    def default_trial(self) -> Trial | None:
+        return next((t for t in self.trials if t.params == self.default.params), None)
+
+    @property
+    def rejected(self) -> list[Trial]:
+        return [t for t in self.trials if t.seconds is None]
+
+    def gflops(self, seconds: float | None) -> float | None:
+        return self.flops / seconds * 1e-9 if seconds else None
+
+    @property
+    def speedup(self) -> float | None:
+        best, default = self.best, self.default_trial
+        if best is None or default is None or default.seconds is None:
+            return None
+        return default.seconds / best.seconds
+
+
+def spec_flops(spec: NodeSpec) -> int:
+    """Multiply-adds x 2 of a MatMul / Conv / ConvTranspose spec (0 for other ops)."""
+    out = spec.outputs[0]
+    if spec.op == "MatMul":
+        a = spec.inputs[0]
+        k = a.shape[-2] if spec.attrs["trans_a"] else a.shape[-1]
+        return 2 * out.size * k
+    if spec.op in ("Conv", "ConvTranspose"):
+        w = spec.inputs[1]
+        per = w.shape[1] * math.prod(w.shape[2:])
+        return 2 * (out.size if spec.op == "Conv" else spec.inputs[0].size) * per
+    return 0
+
+
+def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: DType) -> np.ndarray:
+    """Integers in [-2, 2] (as floats too): sums of their products are exact."""
+    if dtype is DType.BOOL:
+        return rng.random(shape) < 0.5
+    low = 0 if np.dtype(dtype.np_dtype).kind == "u" else -2
+    return rng.integers(low, 3, size=shape).astype(dtype.np_dtype)
+
+
+def _reference(spec: NodeSpec, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The op's numpy reference; half inputs are evaluated in float and rounded once, as
+    the kernels compute them."""
+    half = any(t.dtype is DType.FLOAT16 for t in spec.inputs)
+    if half:
+        arrays = [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
+    results = OPS[spec.op].evaluate(list(arrays), spec.attrs)
+    return [np.asarray(r).astype(t.dtype.np_dtype).reshape(t.shape)
+            for r, t in zip(results, spec.outputs)]
+
+
+def _mismatch(actual: np.ndarray, expected: np.ndarray, dtype: DType) -> str | None:
+    if not dtype.is_float:
+        bad = actual != expected
+        return f"{int(bad.sum())} element(s) differ" if bad.any() else None
+    rtol, atol = TOLERANCE[dtype]
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    ok = np.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
+    if ok.all():
+        return None
+    where = np.unravel_index(int(np.argmin(ok)), ok.shape)
+    return (f"{int((~ok).sum())} of {ok.size} element(s) off; at {tuple(int(i) for i in where)}"
+            f" got {a[where]!r}, expected {e[where]!r} (rtol {rtol}, atol {atol})")
+
+
+class Bench:
+    """Random inputs for one spec, its reference result, and copies of the device buffers
+    to rotate between runs."""
+
+    def __init__(self, spec: NodeSpec, device: TuningDevice, budget: TuneBudget,
+                 seed: int = 0) -> None:
+        import pyopencl as cl
+
+        self.cl, self.spec, self.device, self.budget = cl, spec, device, budget
+        rng = np.random.default_rng(seed)
+        self.arrays = [_random(rng, t.shape, t.dtype) for t in spec.inputs]
+        self.expected = _reference(spec, self.arrays)
+        per_set = sum(a.nbytes for a in self.arrays) + sum(t.nbytes for t in spec.outputs)
+        self.copies = max(1, min(8, math.ceil(budget.rotate_bytes / max(per_set, 1))))
+        self.inputs = [[self._upload(a) for a in self.arrays] for _ in range(self.copies)]
+        self.outputs = [[self._empty(t.nbytes) for t in spec.outputs]
+                        for _ in range(self.copies)]
+
+    def _empty(self, nbytes: int) -> Any:
+        return self.cl.Buffer(self.device.context, self.cl.mem_flags.READ_WRITE, max(nbytes, 1))
+
+    def _upload(self, array: np.ndarray) -> Any:
+        array = np.ascontiguousarray(array)
+        buffer = self._empty(array.nbytes)
+        if array.nbytes:
+            self.cl.enqueue_copy(self.device.profiling_queue, buffer, array)
+        return buffer
+
+    def measure(self, lowered: Lowered, program: Any) -> float:
+        """Check one lowering against the reference, then its median time (seconds)."""
+        cl, queue = self.cl, self.device.profiling_queue
+        inputs = [list(row) for row in self.inputs]
+        for i, layout in lowered.packed:  # the candidate's own layout of a constant input
+            packed = layout(self.arrays[i])
+            for row in inputs:
+                row[i] = self._upload(packed)
+        temps = [self._empty(n) for n in lowered.temps]
+        aliases = dict(lowered.aliases)
+        outputs = [[row_in[aliases[j]] if j in aliases else row_out[j]
+                    for j in range(len(row_out))]
+                   for row_in, row_out in zip(inputs, self.outputs)]
+        runs = []
+        for row_in, row_out in zip(inputs, outputs):
+            kernels = []
+            for launch in lowered.launches:
+                kernel = cl.Kernel(program, launch.kernel.name)
+                kernel.set_args(*[{IN: row_in, OUT: row_out, TMP: temps}[kind][i]
+                                  for kind, i in launch.args])
+                kernels.append((kernel, launch.global_size, launch.local_size))
+            runs.append(kernels)
+
+        def run(copy: int) -> float:
+            try:
+                events = [cl.enqueue_nd_range_kernel(queue, k, g, l) for k, g, l in runs[copy]]
+                queue.finish()
+            except cl.Error as exc:
+                raise Rejected(f"launch failed: {exc}") from None
+            return sum((e.profile.end - e.profile.start) * 1e-9 for e in events)
+
+        for j, t in enumerate(self.spec.outputs):  # NaN / all-ones: unwritten cannot pass
+            if t.nbytes and j not in aliases:
+                cl.enqueue_fill_buffer(queue, outputs[0][j], np.uint8(0xFF), 0, t.nbytes)
+        run(0)
+        for j, (t, expected) in enumerate(zip(self.spec.outputs, self.expected)):
+            actual = np.empty(t.shape, t.dtype.np_dtype)
+            if actual.nbytes:
+                cl.enqueue_copy(queue, actual, outputs[0][j])
+            why = _mismatch(actual, expected, t.dtype)
+            if why:
+                raise Rejected(f"output {j} differs from the reference: {why}")
+        for i in range(self.budget.warmup):
+            run((i + 1) % self.copies)
+        times = [run(i % self.copies) for i in range(max(self.budget.repeats, 1))]
+        return statistics.median(times)
+
+
+def _build(device: TuningDevice, lowereds: Sequence[Lowered]) -> Any:
+    """One program holding every kernel of the lowerings (kernels they share built once)."""
+    import pyopencl as cl
+
+    kernels: dict[str, Kernel] = {}
+    for lowered in lowereds:
+        for k in lowered.kernels:
+            kernels.setdefault(k.name, k)
+    unique = list(kernels.values())
+    source = program_header(unique) + "\n".join(k.source for k in unique)
+    try:
+        return cl.Program(device.context, source).build()
+    except cl.Error as exc:
+        raise Rejected(f"build failed: {str(exc).strip()[:500]}") from None
+
+
+class Tuner:
+    """Tunes kernels of one device and stores the winners in its TuningDB.
+
+    `lowerer` is how a spec becomes launches (`lower`, the compiler's own path); tests
+    pass a wrapper that breaks one candidate's kernel to show it is rejected."""
+
+    def __init__(self, device: TuningDevice, db: TuningDB | None = None,
+                 budget: TuneBudget = TuneBudget(), *, progress: bool | None = None,
+                 lowerer: Callable[[NodeSpec, Target], Lowered | None] = lower) -> None:
+        self.device = device
+        self.target = device.target.with_tuning(TuningTable())
+        self.db = db
+        self.budget = budget
+        self.progress = progress
+        self.lowerer = lowerer
+
+    def _bar(self, total: int, desc: str) -> Any:
+        """A progress bar over candidates (progress=None: shown on a terminal only)."""
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc[:48], unit="cand", dynamic_ncols=True,
+                    disable=None if self.progress is None else not self.progress)
+
+    def lookup_of(self, spec: NodeSpec) -> tuple[NodeSpec, Lookup] | None:
+        """The plain problem a spec tunes as and its untuned lookup (None: not tunable)."""
+        plain = tunable_spec(spec)
+        lowered = self.lowerer(plain, self.target) if plain is not None else None
+        if lowered is None or lowered.tuning is None or lowered.tuning.key is None:
+            return None
+        return plain, lowered.tuning
+
+    def tune(self, spec: NodeSpec, *, candidates: Sequence[Any] | None = None,
+             deadline: float | None = None, force: bool = False) -> TuneResult | None:
+        """Tune one spec (None when its builder has no tunables on this target). Explicit
+        `candidates` are all measured (no budget), else the kind's search space is.
+        Keys already in the DB are skipped unless `force`."""
+        found = self.lookup_of(spec)
+        if found is None:
+            return None
+        plain, lookup = found
+        result = TuneResult(lookup.kind, lookup.key, spec_flops(plain), lookup)
+        if self.db is not None and not force and candidates is None \
+                and (lookup.kind, lookup.key) in self.db:
+            result.skipped = True
+            return result
+        start = time.perf_counter()
+        stop = math.inf if candidates is not None else min(
+            deadline if deadline is not None else math.inf, start + self.budget.kernel_seconds)
+        itemsize = 8 if plain.inputs[0].dtype is DType.FLOAT64 else 4
+        space = search_space(lookup.kind, self.target, itemsize)
+        kind = param_kinds()[lookup.kind]
+        pool = list(candidates) if candidates is not None else list(space.legal)
+        bench = Bench(plain, self.device, self.budget, self.budget.seed)
+        seen: dict[tuple[str, ...], Trial] = {}
+        exhaustive = candidates is not None or len(pool) <= self.budget.exhaustive_limit
+        bar = self._bar(1 + (len(pool) if exhaustive else self.budget.samples), lookup.key)
+
+        def measure(batch: Iterable[Any]) -> None:
+            todo = []
+            for params in batch:
+                if time.perf_counter() > stop:
+                    break
+                if any(t.params == params for t in result.trials):
+                    continue
+                broken = kind.violations(params, self.target, itemsize)
+                if broken:
+                    result.trials.append(Trial(params, None, "illegal here: " + "; ".join(broken)))
+                    continue
+                table = TuningTable.of({(lookup.kind, lookup.key): params})
+                lowered = self.lowerer(plain, self.target.with_tuning(table))
+                if lowered is None or lowered.tuning is None or lowered.tuning.level != "device":
+                    result.trials.append(Trial(params, None, "the builder did not take it"))
+                    continue
+                names = tuple(k.name for k in lowered.kernels)
+                if names in seen:  # fitted to the problem, it is a kernel already measured
+                    result.trials.append(Trial(params, seen[names].seconds, seen[names].error))
+                    continue
+                todo.append((params, lowered, names))
+            for i in range(0, len(todo), _CHUNK):
+                self._measure_chunk(bench, todo[i:i + _CHUNK], result, seen, stop, bar)
+
+        measure([lookup.params])
+        if exhaustive:
+            measure(pool)
+            result.exhausted = {t.params for t in result.trials} >= set(pool)
+        else:
+            rng = random.Random(f"{self.budget.seed}|{lookup.kind}|{lookup.key}")
+            for restart in range(self.budget.restarts + 1):
+                tried = {t.params for t in result.trials}
+                fresh = [p for p in space.sample(len(space), rng) if p not in tried]
+                if restart:
+                    bar.total += min(len(fresh), self.budget.samples)
+                measure(fresh[:self.budget.samples])
+                while time.perf_counter() <= stop and result.best is not None:
+                    tried = {t.params for t in result.trials}
+                    nearby = [p for p in space.neighbours(result.best.params) if p not in tried]
+                    if not nearby:
+                        break
+                    bar.total += len(nearby)
+                    measure(nearby)
+                if time.perf_counter() > stop:
+                    break
+        bar.close()
+        result.elapsed = time.perf_counter() - start
+        self._store(result)
+        return result
+
+    def _measure_chunk(self, bench: Bench, todo: list, result: TuneResult,
+                       seen: dict[tuple[str, ...], Trial], stop: float, bar: Any) -> None:
+        try:
+            program = _build(self.device, [lowered for _, lowered, _ in todo])
+            programs = [program] * len(todo)
+        except Rejected:
+            programs = []  # find the culprit: build each alone
+            for _, lowered, _ in todo:
+                try:
+                    programs.append(_build(self.device, [lowered]))
+                except Rejected as exc:
+                    programs.append(exc)
+        for (params, lowered, names), program in zip(todo, programs):
+            if time.perf_counter() > stop and result.trials:
+                return
+            if isinstance(program, Rejected):
+                trial = Trial(params, None, str(program))
+            else:
+                try:
+                    trial = Trial(params, bench.measure(lowered, program))
+                except Rejected as exc:
+                    trial = Trial(params, None, str(exc))
+            if trial.error:
+                log.info("%s candidate %s rejected: %s", result.kind, params, trial.error)
+            result.trials.append(trial)
+            seen[names] = trial
+            bar.update(1)
+            best = result.best
+            if best is not None:
+                bar.set_postfix_str(f"best {result.gflops(best.seconds) or 0:.1f} GFLOP/s")
+
+    def _store(self, result: TuneResult) -> None:
+        best = result.best
+        if best is None:
+            log.warning("tuning %s %s: no candidate computed the reference result",
+                        result.kind, result.key)
+            return
+        if self.db is None:
+            return
+        default = result.default_trial
+        self.db.put(result.kind, result.key, best.params, seconds=best.seconds,
+                    gflops=result.gflops(best.seconds),
+                    default_params=str(result.default.params),
+                    default_seconds=default.seconds if default else None,
+                    default_level=result.default.level,
+                    candidates=len(result.trials), rejected=len(result.rejected),
+                    exhausted=result.exhausted)
+        try:
+            self.db.save()
+        except OSError as exc:  # a read-only cache: this process still uses the result
+            log.warning("could not save the TuningDB %s: %s", self.db.path, exc)
+
+    def tune_all(self, specs: Iterable[NodeSpec], *, force: bool = False) -> list[TuneResult]:
+        """Tune the distinct problems of `specs` (largest first) within the model budget."""
+        found: dict[tuple[str, str], NodeSpec] = {}
+        for spec in specs:
+            hit = self.lookup_of(spec)
+            if hit is not None:
+                found.setdefault((hit[1].kind, hit[1].key), hit[0])
+        order = sorted(found.values(), key=spec_flops, reverse=True)
+        deadline = time.perf_counter() + self.budget.model_seconds
+        results = []
+        for spec in order:
+            if time.perf_counter() > deadline:
+                log.info("tuning budget of %.0f s spent; %d kernel(s) left untuned",
+                         self.budget.model_seconds, len(order) - len(results))
+                break
+            result = self.tune(spec, deadline=deadline, force=force)
+            if result is not None:
+                results.append(result)
+        return results
+
+
+def tuned_target(specs: Sequence[NodeSpec], device: TuningDevice, *, tune: bool,
+                 budget: TuneBudget = TuneBudget(), db: TuningDB | None = None,
+                 progress: bool | None = None) -> tuple[Target, list[TuneResult]]:
+    """The device's target carrying the DB's tuned params for these specs, tuning the ones
+    the DB lacks first when `tune`; and what tuning found."""
+    db = db if db is not None else TuningDB(device.target)
+    tuner = Tuner(device, db, budget, progress=progress)
+    results = tuner.tune_all(specs) if tune else []
+    keys = []
+    for spec in specs:
+        hit = tuner.lookup_of(spec)
+        if hit is not None:
+            keys.append((hit[1].kind, hit[1].key))
+    return device.target.with_tuning(db.table(keys)), results

@@ -1,0 +1,120 @@
+"""`ember cache build|info|clear|export|import` (ember/cli_cache.py), on a temporary cache
+directory given by EMBER_CACHE_DIR."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import ember
+from ember.cli import main
+from ember.codegen.cache import BinaryCache
+
+ROOT = Path(__file__).resolve().parent.parent
+MLP = ROOT / "ember" / "data" / "digits_mlp.onnx"  # input (batch, 64)
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch) -> Path:
+    where = tmp_path / "cache"
+    monkeypatch.setenv("EMBER_CACHE_DIR", str(where))
+    return where
+
+
+def _entries(where: Path) -> int:
+    return sum(1 for _ in BinaryCache(where).entry_dirs())
+
+
+def test_build_info_export_clear_import(opencl_target, cache_dir, tmp_path, capsys) -> None:
+    assert main(["cache", "build", str(MLP), "--input-shape", "input=3,64",
+                 "--target", opencl_target]) == 0
+    out = capsys.readouterr().out
+    assert "(input=3x64)" in out and "compile" in out and "first call" in out
+    assert re.search(r"binary cache .*: 1 program\(s\) stored, 0 already there", out), out
+    assert _entries(cache_dir) == 1
+
+    assert main(["cache", "info"]) == 0
+    out = capsys.readouterr().out
+    fingerprint = ember.devices()[0].traits.fingerprint
+    assert f"ember binary cache {cache_dir} (from EMBER_CACHE_DIR)" in out
+    assert "programs: 1 entries" in out
+    assert f"{fingerprint}  [this machine's {opencl_target}]" in out
+
+    archive = tmp_path / "deploy.zip"
+    assert main(["cache", "export", str(archive)]) == 0
+    assert "1 program entries" in capsys.readouterr().out
+    with zipfile.ZipFile(archive) as z:
+        manifest = json.loads(z.read("manifest.json"))
+    assert len(manifest["entries"]) == 1
+
+    assert main(["cache", "clear"]) == 0
+    assert "1 program entries" in capsys.readouterr().out
+    assert _entries(cache_dir) == 0
+
+    assert main(["cache", "import", str(archive)]) == 0
+    out = capsys.readouterr().out
+    assert "1 program entries (1 for this machine's devices, 0 for other" in out
+    assert _entries(cache_dir) == 1
+    assert main(["cache", "import", str(archive)]) == 0
+    assert "1 already present" in capsys.readouterr().out
+
+
+def test_import_reports_a_tampered_entry(opencl_target, cache_dir, tmp_path, capsys) -> None:
+    assert main(["cache", "build", str(MLP), "--target", opencl_target]) == 0
+    archive = tmp_path / "a.zip"
+    assert main(["cache", "export", str(archive)]) == 0
+    with zipfile.ZipFile(archive) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    name = next(n for n in members if n.endswith("/binary"))
+    members[name] = members[name][::-1]
+    with zipfile.ZipFile(tmp_path / "b.zip", "w") as z:
+        for n, data in members.items():
+            z.writestr(n, data)
+    assert main(["cache", "clear"]) == 0
+    capsys.readouterr()
+    assert main(["cache", "import", str(tmp_path / "b.zip")]) == 1
+    out = capsys.readouterr().out
+    assert "refused entry" in out and "sha256" in out
+    assert _entries(cache_dir) == 0
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["cache", "import", "{tmp}/missing.zip"], "cannot read the archive"),
+    (["cache", "import", "{tmp}/not_a_zip.zip"], "cannot read the archive"),
+    (["cache", "build", str(MLP), "--input-shape", "nope=1,64"], "no model has"),
+    (["cache", "build", str(MLP), "--target", "cpu"], "no OpenCL device"),
+])
+def test_errors_are_one_line(cache_dir, tmp_path, capsys, argv, words) -> None:
+    (tmp_path / "not_a_zip.zip").write_text("plain text")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ember: error:") and words in err
+
+
+def test_build_in_a_fresh_process_carries_pocl_kernels(opencl_target, tmp_path) -> None:
+    """In a new process ember points PoCL's cache into its own (POCL_CACHE_DIR unset), so
+    that the compiled kernels travel in the archive."""
+    env = {k: v for k, v in os.environ.items() if k != "POCL_CACHE_DIR"}
+    env.update(EMBER_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+
+    def ember_cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "ember", "cache", *args], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    out = ember_cli("build", str(MLP), "--input-shape", "input=2,64")
+    if "Portable Computing Language" not in ember.devices()[0].traits.platform:
+        pytest.skip("the default device is not PoCL: no PoCL kernel cache to carry")
+    match = re.search(r"PoCL kernel cache .*: (\d+) files, .*\(PoCL uses it\)", out)
+    assert match and int(match.group(1)) > 0, out
+    ember_cli("export", str(tmp_path / "all.zip"))
+    with zipfile.ZipFile(tmp_path / "all.zip") as z:
+        assert any(n.startswith("pocl/") and n.endswith(".so") for n in z.namelist())
