@@ -380,25 +380,34 @@ def conv_problem(g: ConvGeometry, dtype: DType, *, params: CpuGemmParams,
     else:
         b = BOperand("w", "cols", ctype, f"grp * {cog * kdim}", kdim)
 
-    def load(ptr: str, off: str) -> str:
-        return f"vload_half({off}, {ptr})" if dtype is DType.FLOAT16 else f"{ptr}[{off}]"
-
-    if store is None:
-        result = f"value + {load('bias', 'oc')}" if has_bias else "value"
-        store = (f"vstore_half({result}, y_off, y);" if dtype is DType.FLOAT16
-                 else f"y[y_off] = {result};")
     head = (f"const {idx} oc = grp * {cog} + gn;\n"
             f"const {idx} y_off = y_base + gn * {out_size} + gm;\n")
-    decls = [f"__global const {ctype}* restrict x", f"__global const {ctype}* restrict w"]
-    if has_bias:
-        decls.append(f"__global const {ctype}* restrict bias")
-    decls += [f"__global {ctype}* restrict y", *extra_params]
+    store, decls = _conv_store(dtype, has_bias, store, extra_params)
     return CpuGemm(
         m=out_size, n=cog, k=kdim, batches=g.batch * g.group, params=tuple(decls), b=b,
         store=head + store, conv=gather, prologue=prologue, acc=acc, idx=idx,
         label=f"Conv x{(g.batch, g.in_channels, *g.in_spatial)} kernel {g.kernel} -> "
               f"{g.out_shape} group {g.group} {dtype}" + (" (W packed)" if packed_w else ""),
     )
+
+
+def _load(dtype: DType, ptr: str, off: str) -> str:
+    return f"vload_half({off}, {ptr})" if dtype is DType.FLOAT16 else f"{ptr}[{off}]"
+
+
+def _conv_store(dtype: DType, has_bias: bool, store: str | None,
+                extra_params: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """A conv problem's store (default: y[y_off] = value (+ bias[oc])) and its parameter
+    declarations (x, w, [bias,] y, *extra_params)."""
+    ctype = dtype.cl_name
+    if store is None:
+        result = f"value + {_load(dtype, 'bias', 'oc')}" if has_bias else "value"
+        store = (f"vstore_half({result}, y_off, y);" if dtype is DType.FLOAT16
+                 else f"y[y_off] = {result};")
+    decls = [f"__global const {ctype}* restrict x", f"__global const {ctype}* restrict w"]
+    if has_bias:
+        decls.append(f"__global const {ctype}* restrict bias")
+    return store, (*decls, f"__global {ctype}* restrict y", *extra_params)
 
 
 def is_pointwise(g: ConvGeometry) -> bool:
@@ -423,29 +432,20 @@ def conv1x1_problem(g: ConvGeometry, dtype: DType, *, has_bias: bool = False,
     cig, cog = g.cin_per_group, g.cout_per_group
     pixels = math.prod(g.out_spatial)
 
-    def load(ptr: str, off: str) -> str:
-        return f"vload_half({off}, {ptr})" if dtype is DType.FLOAT16 else f"{ptr}[{off}]"
-
     prologue = "\n".join([
         f"const {idx} img = batch / {g.group}, grp = batch % {g.group};",
         f"const {idx} w_base = grp * {cog * cig};",
         f"const {idx} y_base = (img * {g.out_channels} + grp * {cog}) * {pixels};",
     ])
-    if store is None:
-        result = f"value + {load('bias', 'oc')}" if has_bias else "value"
-        store = (f"vstore_half({result}, y_off, y);" if dtype is DType.FLOAT16
-                 else f"y[y_off] = {result};")
     head = (f"const {idx} oc = grp * {cog} + gm;\n"
             f"const {idx} y_off = y_base + gm * {pixels} + gn;\n")
-    decls = [f"__global const {ctype}* restrict x", f"__global const {ctype}* restrict w"]
-    if has_bias:
-        decls.append(f"__global const {ctype}* restrict bias")
-    decls += [f"__global {ctype}* restrict y", *extra_params]
+    store, decls = _conv_store(dtype, has_bias, store, extra_params)
     return CpuGemm(
         m=cog, n=pixels, k=cig, batches=g.batch * g.group, params=tuple(decls),
         b=BOperand("x", "rows", ctype, f"(img * {g.in_channels} + grp * {cig}) * {pixels}",
                    pixels),
-        store=head + store, a_expr=load("w", f"w_base + gm * {cig} + gk"), prologue=prologue,
+        store=head + store, a_expr=_load(dtype, "w", f"w_base + gm * {cig} + gk"),
+        prologue=prologue,
         acc=acc, idx=idx,
         label=f"pointwise Conv x{(g.batch, g.in_channels, *g.in_spatial)} -> {g.out_shape} "
               f"group {g.group} {dtype}",

@@ -41,6 +41,7 @@ from ember.ir import Graph, Value
 from ember.ir.ops.movement import transpose_perm
 from ember.ir.ops.nn import softmax_rows
 from ember.lowering.passes import PassContext, PassResult
+from ember.lowering.rules import remove_dead
 
 __all__ = ["FuseAttention"]
 
@@ -265,20 +266,6 @@ def _node_name(graph: Graph, softmax: int) -> str:
     return f"{head}/Attention" if sep else f"{name}_attention"
 
 
-def _remove_dead(graph: Graph, node: int) -> None:
-    """Remove `node` and then whatever fed only it; graph inputs and outputs stay."""
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if n not in graph.nx or graph.op(n) == "Input":
-            continue
-        values = [Value(n, p) for p in range(len(graph.output_types(n)))]
-        if any(graph.users_of(v) or graph.is_output(v) for v in values):
-            continue
-        stack.extend(v.node for v in graph.inputs_of(n))
-        graph.remove_node(n)
-
-
 def _rewrite(graph: Graph, ctx: PassContext, softmax: int, m: _Match) -> bool:
     inputs = [m.q.source, m.k.source, m.v.source] + ([m.mask] if m.mask is not None else [])
     attrs = {
@@ -296,7 +283,7 @@ def _rewrite(graph: Graph, ctx: PassContext, softmax: int, m: _Match) -> bool:
         graph.remove_node(node)
         return False
     graph.replace_all_uses(m.result, Value(node, 0))
-    _remove_dead(graph, m.result.node)
+    remove_dead(graph, m.result.node)
     return True
 
 

@@ -23,7 +23,8 @@ from ember.ir import OPS, Graph, Value
 from ember.ir.ops.movement import transpose_perm
 from ember.lowering.passes import PassContext, PassResult
 
-__all__ = ["Pat", "Match", "Rule", "RULES", "ApplyRules", "op", "X", "C", "exact_reciprocal"]
+__all__ = ["Pat", "Match", "Rule", "RULES", "ApplyRules", "op", "X", "C", "exact_reciprocal",
+           "remove_dead"]
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ class ApplyRules:
                 continue
             rule, new = rewritten
             graph.replace_all_uses(Value(node, 0), new)
-            removed |= _remove_dead(graph, node)
+            removed |= remove_dead(graph, node)
             stats[rule.doc] += 1
             changed = True
             log.debug("rule %r rewrote %s", rule.doc, node)
@@ -289,7 +290,7 @@ class ApplyRules:
         return None
 
 
-def _remove_dead(graph: Graph, node: int) -> set[int]:
+def remove_dead(graph: Graph, node: int) -> set[int]:
     """Remove `node` and then whatever fed only it; graph inputs and outputs stay."""
     removed: set[int] = set()
     stack = [node]
