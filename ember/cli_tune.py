@@ -8,7 +8,8 @@ import re
 from collections.abc import Callable, Sequence
 
 import ember
-from ember.codegen.families import Target, param_kinds, params_for
+from ember.codegen.families import Target
+from ember.codegen.tunables import param_kinds, params_for
 from ember.codegen.tuner import TuneBudget, TuneResult
 from ember.codegen.tuning_db import TuningDB
 from ember.errors import DeviceError, InputError, ShapeError

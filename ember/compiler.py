@@ -19,8 +19,9 @@ import numpy as np
 import onnx
 
 from ember.codegen.cache import BinaryCache
-from ember.codegen.families import TUNABLE_OPS, Target
+from ember.codegen.families import Target
 from ember.codegen.kernels import lower
+from ember.codegen.tunables import TUNABLE_OPS
 from ember.codegen.tuner import TuneBudget, TuneResult, tuned_target
 from ember.errors import DTypeError, InputError, ShapeError, UnsupportedOpError
 from ember.frontends.onnx import import_graph, input_signature, load_model

@@ -16,7 +16,7 @@ import ember
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, DType, Value
 
-__all__ = ["TOLERANCE", "assert_close", "run_op", "check_op", "relative_l2"]
+__all__ = ["TOLERANCE", "assert_close", "run_op", "check_op", "relative_l2", "KernelLauncher"]
 
 TOLERANCE: dict[DType, tuple[float, float]] = {
     DType.FLOAT32: (1e-5, 1e-5),
@@ -73,3 +73,44 @@ def check_op(op: str, arrays: Sequence[np.ndarray], attrs: Mapping[str, Any] | N
     for i, (a, e) in enumerate(zip(actual, expected)):
         assert_close(a, e, f"{op} output {i}", tolerance)
     return model
+
+
+class KernelLauncher:
+    """Builds rendered kernels into one program and runs them on numpy arrays: for tests of
+    kernel generators that bypass ember.compile (candidate tilings, hand-made specs)."""
+
+    def __init__(self, target: str) -> None:
+        import pyopencl as cl
+
+        from ember.runtime.device import resolve_target
+
+        self.cl = cl
+        self.device = resolve_target(target)
+
+    def build(self, kernels: Sequence[Any]):
+        """One program of the kernels (a kernel two runs share is built once)."""
+        from ember.runtime.opencl import build_program, program_source
+
+        unique = list({k.name: k for k in kernels}.values())
+        return build_program(self.device, program_source(unique))
+
+    def buffer(self, array: np.ndarray | int):
+        """A device buffer holding `array`, or an uninitialized one of that many bytes."""
+        cl, ctx = self.cl, self.device.context
+        if isinstance(array, int):
+            return cl.Buffer(ctx, cl.mem_flags.READ_WRITE, max(array, 1))
+        array = np.ascontiguousarray(array)
+        return cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
+                         hostbuf=array if array.nbytes else np.zeros(1, array.dtype))
+
+    def launch(self, program, name: str, sizes, *buffers) -> None:
+        kernel = self.cl.Kernel(program, name)
+        kernel.set_args(*buffers)
+        self.cl.enqueue_nd_range_kernel(self.device.queue, kernel, *sizes)
+
+    def read(self, buffer, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        out = np.empty(shape, dtype)
+        if out.size:
+            self.cl.enqueue_copy(self.device.queue, out, buffer)
+        self.device.queue.finish()
+        return out

@@ -17,13 +17,14 @@ from typing import Any
 from ember.codegen.conv_depthwise import depthwise_cpu_lowered
 from ember.codegen.elementwise import compute_type, extensions_for, load_expr
 from ember.codegen.epilogue import EpilogueCode, epilogue_code
-from ember.codegen.families import Lookup, Target, params_for, tuning_key
+from ember.codegen.families import Target
 from ember.codegen.gemm_cpu import (
     conv1x1_problem, conv_problem, cpu_gemm_launch, is_pointwise,
     pack_conv_weight, render_cpu_gemm,
 )
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.matmul import gemm_launch, gemm_params, index_type
+from ember.codegen.tunables import Lookup, params_for, tuning_key
 from ember.codegen.render import contiguous_strides, kernel_name, render
 from ember.ir import DType
 from ember.ir.ops.fused import epilogue_inputs

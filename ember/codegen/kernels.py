@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ember.codegen.families import Lookup, Target
+from ember.codegen.families import Target
+from ember.codegen.tunables import Lookup
 from ember.ir import Attrs, DType, TensorType
 
 __all__ = [

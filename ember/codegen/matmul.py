@@ -16,11 +16,12 @@ from dataclasses import dataclass, replace
 
 from ember.codegen.elementwise import compute_type, extensions_for, load_expr, store_stmt
 from ember.codegen.epilogue import EpilogueCode, epilogue_code
-from ember.codegen.families import Target, params_for, tuning_key
+from ember.codegen.families import Target
 from ember.codegen.gemm_cpu import (
     cpu_gemm_launch, matmul_problem, pack_b, render_cpu_gemm,
 )
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
+from ember.codegen.tunables import params_for, tuning_key
 from ember.codegen.render import broadcast_strides, kernel_name, render
 from ember.ir import DType, TensorType
 from ember.ir.ops.linalg import matmul_dims

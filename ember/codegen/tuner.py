@@ -37,10 +37,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ember.codegen.families import (
-    Lookup, Target, TuningTable, param_kinds, search_space, tunable_spec,
-)
+from ember.codegen.families import Target, TuningTable
 from ember.codegen.kernels import IN, OUT, TMP, Kernel, Lowered, NodeSpec, lower, program_header
+from ember.codegen.tunables import Lookup, param_kinds, search_space, tunable_spec
 from ember.codegen.tuning_db import TuningDB
 from ember.ir import OPS, DType
 

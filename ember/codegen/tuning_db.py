@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any
 
 from ember.codegen.cache import CACHE_DIR_ENV, default_cache_dir
-from ember.codegen.families import Target, TuningTable, param_kinds
+from ember.codegen.families import Target, TuningTable
+from ember.codegen.tunables import param_kinds
 from ember.errors import InputError
 
 __all__ = ["TuningDB", "SCHEMA_VERSION", "tuning_dir", "CACHE_DIR_ENV"]

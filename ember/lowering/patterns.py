@@ -33,6 +33,7 @@ import numpy as np
 from ember.errors import EmberError
 from ember.ir import DType, Graph, Value
 from ember.lowering.passes import PassContext, PassResult
+from ember.lowering.rules import remove_dead
 
 __all__ = ["FuseLayerNorm", "FuseRMSNorm", "FuseGelu", "FuseSilu", "PATTERN_PASSES", "RTOL"]
 
@@ -173,22 +174,8 @@ def _replace(g: Graph, ctx: PassContext, root: Value, op: str, inputs: Sequence[
             g.remove_node(n)
         return False
     g.replace_all_uses(root, Value(node, 0))
-    _remove_dead(g, root.node)
+    remove_dead(g, root.node)
     return True
-
-
-def _remove_dead(g: Graph, node: int) -> None:
-    """Remove `node` and then whatever fed only it (graph inputs stay)."""
-    stack = [node]
-    while stack:
-        n = stack.pop()
-        if n not in g.nx or g.op(n) == "Input":
-            continue
-        values = [Value(n, p) for p in range(len(g.output_types(n)))]
-        if any(g.users_of(v) or g.is_output(v) for v in values):
-            continue
-        stack.extend(v.node for v in g.inputs_of(n))
-        g.remove_node(n)
 
 
 def _candidates(g: Graph, ops: frozenset[str]) -> list[Value]:

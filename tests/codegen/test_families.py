@@ -10,13 +10,13 @@ import logging
 
 import pytest
 
-from ember.codegen.families import (
-    FAMILIES, LEVELS, DeviceTraits, Target, TuningTable, detect_family, param_kinds,
-    params_for, search_space, tunable_spec, tuning_key,
-)
+from ember.codegen.families import FAMILIES, DeviceTraits, Target, TuningTable, detect_family
 from ember.codegen.gemm_cpu import CpuGemmParams
 from ember.codegen.kernels import NodeSpec
 from ember.codegen.matmul import GemmParams
+from ember.codegen.tunables import (
+    LEVELS, param_kinds, params_for, search_space, tunable_spec, tuning_key,
+)
 from ember.ir import OPS, DType, TensorType
 from ember.ir.ops.fused import FusedExpr
 

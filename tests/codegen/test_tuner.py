@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 import ember
-from ember.codegen.families import param_kinds, search_space
 from ember.codegen.gemm_cpu import CpuGemmParams, cpu_gemm_candidates
 from ember.codegen.kernels import Kernel, Lowered, NodeSpec, lower
 from ember.codegen.matmul import GemmParams
+from ember.codegen.tunables import param_kinds, search_space
 from ember.codegen.tuner import TuneBudget, Tuner
 from ember.codegen.tuning_db import TuningDB
 from ember.frontends.builder import GraphBuilder

@@ -33,14 +33,12 @@ from ember.codegen.conv_depthwise import (
 )
 from ember.codegen.families import Target
 from ember.codegen.kernels import (
-    IN, KERNEL_BUILDERS, Kernel, Lowered, NodeSpec, lower, program_header,
+    IN, KERNEL_BUILDERS, Lowered, NodeSpec, lower,
 )
 from ember.ir import OPS, DType, TensorType
 from ember.ir.ops.fused import ExprNode, FusedExpr
 from ember.ir.ops.linalg import ConvGeometry, conv_geometry
-from ember.runtime.device import resolve_target
-from ember.runtime.opencl import build_program
-from tests.harness import TOLERANCE, assert_close, relative_l2
+from tests.harness import TOLERANCE, KernelLauncher, assert_close, relative_l2
 from tests.strategies import array_for
 
 pytestmark = pytest.mark.opencl
@@ -117,35 +115,17 @@ class Case:
 
 
 # -- running kernels ---------------------------------------------------------------------------
-class Runner:
-    """Builds kernels into one program and runs a Lowered on numpy arrays."""
-
-    def __init__(self, target: str) -> None:
-        import pyopencl as cl
-
-        self.cl = cl
-        self.device = resolve_target(target)
-
-    def build(self, kernels: Sequence[Kernel]):
-        unique = list({k.name: k for k in kernels}.values())
-        return build_program(self.device, program_header(unique)
-                             + "\n".join(k.source for k in unique))
+class Runner(KernelLauncher):
+    """Runs a Lowered of one launch on a case's arrays."""
 
     def run(self, program, lowered: Lowered, case: Case) -> np.ndarray:
-        cl, ctx = self.cl, self.device.context
         (launch,) = lowered.launches
-        out = np.empty(case.g.out_shape, case.spec.outputs[0].dtype.np_dtype)
-        y = cl.Buffer(ctx, cl.mem_flags.READ_WRITE, out.nbytes)
-        buffers = [cl.Buffer(ctx, cl.mem_flags.READ_ONLY | cl.mem_flags.COPY_HOST_PTR,
-                             hostbuf=np.ascontiguousarray(case.arrays[i]))
-                   if kind == IN else y for kind, i in launch.args]
-        kernel = cl.Kernel(program, launch.kernel.name)
-        kernel.set_args(*buffers)
-        cl.enqueue_nd_range_kernel(self.device.queue, kernel, launch.global_size,
-                                   launch.local_size)
-        cl.enqueue_copy(self.device.queue, out, y)
-        self.device.queue.finish()
-        return out
+        dtype = case.spec.outputs[0].dtype.np_dtype
+        y = self.buffer(math.prod(case.g.out_shape) * np.dtype(dtype).itemsize)
+        buffers = [self.buffer(case.arrays[i]) if kind == IN else y for kind, i in launch.args]
+        self.launch(program, launch.kernel.name, (launch.global_size, launch.local_size),
+                    *buffers)
+        return self.read(y, case.g.out_shape, dtype)
 
 
 @pytest.fixture(scope="module")

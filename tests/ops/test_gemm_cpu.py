@@ -14,7 +14,6 @@ Integer products must be exact.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -26,14 +25,12 @@ from ember.codegen.gemm_cpu import (
     cpu_gemm_launch, cpu_gemm_params, cpu_pack_launch, matmul_problem, pack_b,
     pack_conv_weight, packed_b_shape, render_cpu_gemm, render_cpu_pack,
 )
-from ember.codegen.kernels import Kernel, program_header
+from ember.codegen.kernels import Kernel
 from ember.codegen.render import kernel_name
 from ember.ir import DType
 from ember.ir.attrs import Attrs
 from ember.ir.ops.linalg import conv_geometry, conv_reference, matmul_dims, matmul_reference
-from ember.runtime.device import resolve_target
-from ember.runtime.opencl import build_program
-from tests.harness import TOLERANCE, assert_close
+from tests.harness import TOLERANCE, KernelLauncher, assert_close
 from tests.strategies import array_for, broadcastable_shapes
 
 pytestmark = pytest.mark.opencl
@@ -43,46 +40,9 @@ UNIT_ROUNDOFF = {DType.FLOAT32: 2.0**-24, DType.FLOAT16: 2.0**-24, DType.FLOAT64
 B_MODES = ("direct", "host_packed", "device_packed")
 
 
-# -- running kernels ----------------------------------------------------------------------------
-class Launcher:
-    """Builds sources into one program and runs kernels on numpy arrays."""
-
-    def __init__(self, target: str) -> None:
-        import pyopencl as cl
-
-        self.cl = cl
-        self.device = resolve_target(target)
-
-    def build(self, kernels: Sequence[Kernel]):
-        """One program of the kernels (a kernel two runs share is built once)."""
-        unique = list({k.name: k for k in kernels}.values())
-        return build_program(self.device, program_header(unique)
-                             + "\n".join(k.source for k in unique))
-
-    def buffer(self, array: np.ndarray | int):
-        cl, ctx = self.cl, self.device.context
-        if isinstance(array, int):
-            return cl.Buffer(ctx, cl.mem_flags.READ_WRITE, max(array, 1))
-        array = np.ascontiguousarray(array)
-        return cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR,
-                         hostbuf=array if array.nbytes else np.zeros(1, array.dtype))
-
-    def launch(self, program, name: str, sizes, *buffers) -> None:
-        kernel = self.cl.Kernel(program, name)
-        kernel.set_args(*buffers)
-        self.cl.enqueue_nd_range_kernel(self.device.queue, kernel, *sizes)
-
-    def read(self, buffer, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        out = np.empty(shape, dtype)
-        if out.size:
-            self.cl.enqueue_copy(self.device.queue, out, buffer)
-        self.device.queue.finish()
-        return out
-
-
 @pytest.fixture(scope="module")
-def launcher(opencl_target) -> Launcher:
-    return Launcher(opencl_target)
+def launcher(opencl_target) -> KernelLauncher:
+    return KernelLauncher(opencl_target)
 
 
 def _ext(dtype: DType) -> frozenset[str]:
@@ -126,7 +86,7 @@ class MatMulRun:
                 BOperand("b", layout, self.dtype.cl_name), self.dims.k, self.dims.n,
                 self.b_batches, params, pack, self.dtype.itemsize)))
 
-    def run(self, launcher: Launcher, program) -> np.ndarray:
+    def run(self, launcher: KernelLauncher, program) -> np.ndarray:
         dims, params, itemsize = self.dims, self.params, self.dtype.itemsize
         if self.mode == "host_packed":
             packed = pack_b(self.b, params, trans=bool(self.trans_b))
@@ -146,8 +106,8 @@ class MatMulRun:
         return launcher.read(c_buf, dims.out_shape, self.a.dtype)
 
 
-def run_matmul(launcher: Launcher, a: np.ndarray, b: np.ndarray, trans_a: int, trans_b: int,
-               params: CpuGemmParams, mode: str) -> np.ndarray:
+def run_matmul(launcher: KernelLauncher, a: np.ndarray, b: np.ndarray, trans_a: int,
+               trans_b: int, params: CpuGemmParams, mode: str) -> np.ndarray:
     job = MatMulRun(a, b, trans_a, trans_b, params, mode)
     return job.run(launcher, launcher.build(job.kernels))
 
@@ -270,7 +230,7 @@ class ConvRun:
         name = kernel_name("gemm_cpu_conv_test", self.problem, params)
         self.kernels = [Kernel(name, render_cpu_gemm(self.problem, params, name))]
 
-    def run(self, launcher: Launcher, program) -> np.ndarray:
+    def run(self, launcher: KernelLauncher, program) -> np.ndarray:
         weight = pack_conv_weight(self.w, self.g.group, self.params) if self.packed else self.w
         inputs = [launcher.buffer(self.x), launcher.buffer(weight)]
         if self.bias is not None:

@@ -1,0 +1,283 @@
+"""Where each kernel's tunables come from.
+
+Each kernel kind ("gemm": the local-memory tiled GEMM; "gemm_cpu" / "gemv_cpu": the
+register-tiled CPU GEMM for M > 1 / M = 1) has a `ParamKind` in `param_kinds()`: defaults per
+level, a search space (values per axis) and named rules. `params_for(kind, key, target)`
+answers from the first level that has a legal set: device (tuned on this very device: the
+target's TuningTable, filled from the TuningDB) -> arch (chip architecture, e.g. gfx803,
+sm_86) -> family -> vendor -> generic, and says which level answered (`Lookup`).
+`tuning_key` names a kernel's problem for the TuningDB.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ember.codegen.families import Target
+
+__all__ = [
+    "Lookup", "LEVELS", "ParamKind", "Rule", "SearchSpace", "param_kinds", "params_for",
+    "search_space", "tuning_key", "tunable_spec", "TUNABLE_OPS",
+]
+
+log = logging.getLogger(__name__)
+
+# Where a parameter set can come from, most specific first.
+LEVELS = ("device", "arch", "family", "vendor", "generic")
+
+
+# -- tunables -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rule:
+    """A named constraint a kind adds to its params' own (`violations()`)."""
+
+    reason: str
+    holds: Callable[[Any, Target], bool]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The legal parameter sets of one kind on one target, and why the others are not."""
+
+    kind: str
+    axes: tuple[tuple[str, tuple[int, ...]], ...]
+    legal: tuple[Any, ...]
+    rejected: Mapping[str, int]  # reason -> how many sets of the full product it rejected
+
+    def __len__(self) -> int:
+        return len(self.legal)
+
+    def sample(self, count: int, rng: random.Random) -> list[Any]:
+        return rng.sample(list(self.legal), min(count, len(self.legal)))
+
+    def neighbours(self, params: Any) -> list[Any]:
+        """Legal sets one step away along one axis (for local refinement)."""
+        legal = set(self.legal)
+        found = []
+        for name, values in self.axes:
+            current = getattr(params, name)
+            if current not in values:
+                continue
+            i = values.index(current)
+            for j in (i - 1, i + 1):
+                if 0 <= j < len(values):
+                    other = replace(params, **{name: values[j]})
+                    if other in legal:
+                        found.append(other)
+        return found
+
+
+@dataclass(frozen=True)
+class ParamKind:
+    """One kernel kind's tunables: params type, defaults per level, search axes, rules."""
+
+    name: str
+    params_type: type
+    # level -> {arch / family / vendor name -> params}; "generic" -> {"gpu" | "other": ...}
+    defaults: Mapping[str, Mapping[str, Any]]
+    axes: tuple[tuple[str, tuple[int, ...]], ...]
+    own: Callable[[Any, Target, int], list[str]]  # the params type's violations()
+    rules: tuple[Rule, ...] = ()
+
+    def violations(self, params: Any, target: Target, itemsize: int = 4) -> list[str]:
+        if not isinstance(params, self.params_type):
+            return [f"{self.name} takes {self.params_type.__name__}, "
+                    f"not {type(params).__name__}"]
+        return self.own(params, target, itemsize) + [
+            r.reason for r in self.rules if not r.holds(params, target)]
+
+    def default(self, target: Target, itemsize: int = 4) -> tuple[Any, str, str]:
+        """(params, level, source): the most specific legal default for `target`."""
+        family = target.family
+        names = {"arch": family.arch, "family": family.name, "vendor": family.vendor,
+                 "generic": "gpu" if family.is_gpu else "other"}
+        tried = []
+        for level in LEVELS[1:]:
+            params = self.defaults.get(level, {}).get(names[level])
+            if params is None:
+                continue
+            broken = self.violations(params, target, itemsize)
+            if not broken:
+                return params, level, f"{level} {names[level]}"
+            tried.append(f"{level} {names[level]}: {'; '.join(broken)}")
+        log.warning("no %s default fits %s (%s); using the generic one", self.name,
+                    target.traits.name, " | ".join(tried))
+        return self.defaults["generic"][names["generic"]], "generic", "generic (unfit)"
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The parameters a builder got, and the level that answered."""
+
+    kind: str
+    key: str | None
+    params: Any
+    level: str  # one of LEVELS
+    source: str  # e.g. "TuningDB", "arch gfx803", "family cpu"
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.params} from {self.source}"
+
+
+def _gemm_rules() -> tuple[Rule, ...]:
+    return (Rule("local_m * local_n % simd_width == 0: whole warps / wavefronts per group",
+                 lambda p, t: not t.family.is_gpu or p.threads % t.simd_width == 0),)
+
+
+def _vector_registers(target: Target) -> int:
+    """x86 has 16 vector registers (32 with AVX-512, whose floats are 16 wide); AArch64 32."""
+    lanes = target.traits.preferred_vector_width
+    return 32 if lanes >= 16 or target.family.vendor == "arm" else 16
+
+
+def _cpu_rules() -> tuple[Rule, ...]:
+    def fits(p: Any, t: Target) -> bool:
+        lanes = t.traits.preferred_vector_width
+        if lanes < 4:  # not reported: nothing to check against
+            return True
+        return p.mr * p.nv * math.ceil(p.vw / lanes) <= _vector_registers(t) - 2
+
+    return (Rule("mr * nv * ceil(vw / lanes) <= vector registers - 2: accumulators must not "
+                 "spill (two registers stay for a B vector and a broadcast)", fits),)
+
+
+@functools.cache
+def param_kinds() -> Mapping[str, ParamKind]:
+    """The registry of tunable kernel kinds."""
+    # Imported here: these kernel modules import Target from this one.
+    from ember.codegen.gemm_cpu import (
+        DEFAULT_CPU_GEMM_PARAMS, GEMV_CPU_GEMM_PARAMS, CpuGemmParams,
+    )
+    from ember.codegen.matmul import DEFAULT_GEMM_PARAMS, GemmParams
+
+    family_gemm = {k: v for k, v in DEFAULT_GEMM_PARAMS.items() if k not in ("gpu", "generic")}
+    gemm = ParamKind(
+        "gemm", GemmParams,
+        defaults={
+            # From the vendors' documentation, not measured (no such GPU here; the tuner
+            # replaces them per device): Ampere/Ada/Hopper SMs hold 64K registers with up
+            # to 255 per thread, and RDNA3 (Navi 31/32) SIMDs 1.5x the VGPRs of RDNA2, so an
+            # 8x4 register block per work-item (32 accumulators) stays resident.
+            "arch": {**dict.fromkeys(("sm_80", "sm_86", "sm_87", "sm_89", "sm_90"),
+                                     GemmParams(128, 64, 16, 8, 4, 1)),
+                     **dict.fromkeys(("gfx1100", "gfx1101"), GemmParams(128, 64, 16, 8, 4, 1))},
+            "family": family_gemm,
+            # Apple: 32 KiB threadgroup memory, SIMD-groups of 32. Mali: local memory is
+            # ordinary global memory, so small tiles and work in registers. Adreno: 32 KiB
+            # of real local memory, waves of 64.
+            "vendor": {"nvidia": DEFAULT_GEMM_PARAMS["nvidia"],
+                       "amd": DEFAULT_GEMM_PARAMS["amd-gcn"],
+                       "intel": DEFAULT_GEMM_PARAMS["intel-gpu"],
+                       "apple": GemmParams(64, 64, 16, 4, 4, 0),
+                       "arm": GemmParams(32, 32, 8, 4, 4, 0),
+                       "qualcomm": GemmParams(32, 32, 16, 2, 2, 0)},
+            "generic": {"gpu": DEFAULT_GEMM_PARAMS["gpu"], "other": DEFAULT_GEMM_PARAMS["generic"]},
+        },
+        axes=(("tile_m", (16, 32, 64, 128)), ("tile_n", (16, 32, 64, 128)),
+              ("tile_k", (8, 16, 32)), ("wpt_m", (1, 2, 4, 8)), ("wpt_n", (1, 2, 4, 8)),
+              ("lmem_pad", (0, 1))),
+        own=lambda p, t, itemsize: p.violations(t, itemsize),
+        rules=_gemm_rules(),
+    )
+    cpu_own: Callable[[Any, Target, int], list[str]] = lambda p, t, itemsize: p.violations(itemsize)
+    small = CpuGemmParams(mr=4, vw=4, nv=2, ku=1, group_m=0)  # fits 16 SSE registers
+    gemm_cpu = ParamKind(
+        "gemm_cpu", CpuGemmParams,
+        defaults={"family": {"cpu": DEFAULT_CPU_GEMM_PARAMS},
+                  "generic": {"gpu": small, "other": small}},
+        axes=(("mr", (1, 2, 3, 4, 6, 8)), ("vw", (4, 8, 16)), ("nv", (1, 2, 3, 4)),
+              ("ku", (1, 2, 4)), ("group_m", (0, 1, 4, 16))),
+        own=cpu_own, rules=_cpu_rules(),
+    )
+    gemv_cpu = ParamKind(
+        "gemv_cpu", CpuGemmParams,
+        defaults={"family": {"cpu": GEMV_CPU_GEMM_PARAMS},
+                  "generic": {"gpu": replace(small, mr=1), "other": replace(small, mr=1)}},
+        axes=(("mr", (1,)), ("vw", (4, 8, 16)), ("nv", (1, 2, 4, 8)), ("ku", (1, 2, 4, 8)),
+              ("group_m", (0,))),
+        own=cpu_own, rules=_cpu_rules(),
+    )
+    return {k.name: k for k in (gemm, gemm_cpu, gemv_cpu)}
+
+
+def params_for(kind: str, key: str | None, target: Target, itemsize: int = 4) -> Lookup:
+    """The parameters of kernel `kind` for problem `key` on `target`, and from which level:
+    the target's tuned table first (if its entry is legal here), then the defaults."""
+    spec = param_kinds()[kind]
+    tuned = target.tuning.get(kind, key)
+    if tuned is not None:
+        broken = spec.violations(tuned, target, itemsize)
+        if not broken:
+            lookup = Lookup(kind, key, tuned, "device", "TuningDB")
+            log.debug("%s for %s", lookup, key)
+            return lookup
+        log.warning("tuned %s params %s for %r break %s; using defaults", kind, tuned, key,
+                    "; ".join(broken))
+    params, level, source = spec.default(target, itemsize)
+    lookup = Lookup(kind, key, params, level, source)
+    log.debug("%s for %s", lookup, key)
+    return lookup
+
+
+@functools.lru_cache(maxsize=64)
+def search_space(kind: str, target: Target, itemsize: int = 4) -> SearchSpace:
+    """Every legal set of the kind's axes on `target` (the tuner's space), with the count of
+    sets each named rule rejected."""
+    spec = param_kinds()[kind]
+    names = [name for name, _ in spec.axes]
+    legal, rejected = [], Counter()
+    for values in itertools.product(*(v for _, v in spec.axes)):
+        params = spec.params_type(**dict(zip(names, values)))
+        broken = spec.violations(params, target, itemsize)
+        rejected.update(broken)
+        if not broken:
+            legal.append(params)
+    return SearchSpace(kind, spec.axes, tuple(legal), dict(rejected))
+
+
+# -- tuning keys ------------------------------------------------------------------------------
+TUNABLE_OPS = ("MatMul", "Conv", "ConvTranspose")
+
+
+def tunable_spec(spec: Any) -> Any | None:
+    """The plain problem a MatMul / Conv spec tunes as: its epilogue (and the epilogue's
+    inputs) removed, since an epilogue only changes the store. None for other ops."""
+    from ember.ir.ops.fused import epilogue_inputs
+
+    if spec.op not in TUNABLE_OPS:
+        return None
+    epilogue = spec.attrs.get("epilogue")
+    if epilogue is None:
+        return spec
+    base = len(spec.inputs) - epilogue_inputs(epilogue)
+    out = spec.outputs[0]
+    product = type(out)(out.shape, spec.inputs[0].dtype)
+    return replace(spec, attrs=spec.attrs.replace(epilogue=None), inputs=spec.inputs[:base],
+                   outputs=(product,), packable=frozenset(i for i in spec.packable if i < base))
+
+
+def tuning_key(spec: Any) -> str | None:
+    """A readable, stable key of a spec's tuning problem (None: not a tunable op), e.g.
+    'MatMul float32[128,768] float32[768,3072] trans_a=0 trans_b=0 packed=1'."""
+    plain = tunable_spec(spec)
+    if plain is None:
+        return None
+    attrs = " ".join(f"{k}={_attr_text(v)}" for k, v in plain.attrs.items()
+                     if k != "epilogue")
+    packed = ",".join(str(i) for i in sorted(plain.packable)) or "-"
+    return " ".join([plain.op, *(str(t) for t in plain.inputs), attrs, f"packed={packed}"])
+
+
+def _attr_text(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "(" + ",".join(str(v) for v in value) + ")"
+    return str(value)
+
