@@ -1,8 +1,11 @@
 """GEMM and convolution speed on the CPU OpenCL device, side by side in one run: numpy
-(its BLAS; im2col + BLAS for the conv), ember's current default kernel (ember.compile of a
-one-node graph, device time of its steps from OpenCL profiling) and the CPU register-tiled
-GEMM of ember/codegen/gemm_cpu.py with B read as it is ("direct"), packed on the host
-("packed": a constant weight) and packed on the device by a kernel before each product
+(its BLAS; im2col + BLAS for the conv); ember.compile of a one-node graph at O2 with default
+parameters and, with --tune, at O3 tuned (device time of its steps from OpenCL profiling);
+CLBlast's tuned OpenCL GEMM/GEMV through pyclblast on the same device and queue, when it is
+installed (a benchmark-only dependency: `apt-get install libclblast-dev && pip install
+pyclblast`; the row is left out without it); and the CPU register-tiled GEMM of
+ember/codegen/gemm_cpu.py with B read as it is ("direct"), packed on the host ("packed": a
+constant weight) and packed on the device by a kernel before each product
 ("runtime-packed": a B that is not a constant). Convolutions run as "out^T" (pixels as M,
 the gathered image as A, W as B: direct or packed) and, for 1x1 ones, as the plain product
 Y = W @ X ("pointwise").
@@ -10,6 +13,7 @@ Y = W @ X ("pointwise").
     python benchmarks/bench_gemm.py                       # all cases, default tiling
     python benchmarks/bench_gemm.py --cases gemv --sweep  # every tuner candidate as well
     python benchmarks/bench_gemm.py --params 6,8,2,1,0    # mr,vw,nv,ku,group_m
+    python benchmarks/bench_gemm.py --tune 30             # ember tuned (30 s per kernel)
 
 GFLOP/s count 2*M*N*K per product (2 * outputs * Cin * kernel for the conv) over the median
 of --repeat timed runs after one warm-up (slow paths stop after about 3 s); "best" uses the
@@ -43,6 +47,7 @@ from ember.codegen.gemm_cpu import (  # noqa: E402
     packed_b_shape, render_cpu_gemm, render_cpu_pack,
 )
 from ember.codegen.kernels import Kernel, program_header  # noqa: E402
+from ember.codegen.tuner import TuneBudget  # noqa: E402
 from ember.frontends.builder import GraphBuilder  # noqa: E402
 from ember.ir import DType  # noqa: E402
 from ember.ir.attrs import Attrs  # noqa: E402
@@ -182,8 +187,11 @@ def _conv_runner(dev: Device, x: np.ndarray, w: np.ndarray, pad: int, params: Cp
     return run, lambda: dev.read(y, g.out_shape)
 
 
-def _ember_default(dev: Device, case: Case, arrays: list[np.ndarray], repeat: int) -> Timing:
-    """Device seconds of ember.compile's kernels for the case (weights as constants)."""
+def _ember_compiled(dev: Device, case: Case, arrays: list[np.ndarray], repeat: int,
+                    opt_level: int, tune: bool | TuneBudget = False) -> Timing:
+    """Device seconds of ember.compile's kernels for the case (weights as constants): what
+    a user gets at `opt_level`, with `tune` measuring the kernel's parameters first (kept in
+    the TuningDB, so a second run reuses them)."""
     b = GraphBuilder("bench")
     x = b.input("x", arrays[0].shape)
     if case.conv is None:
@@ -191,14 +199,43 @@ def _ember_default(dev: Device, case: Case, arrays: list[np.ndarray], repeat: in
     else:
         pad = case.conv[2]
         b.output("y", b.op("Conv", x, b.constant(arrays[1]), pads=(pad,) * 4))
-    model = ember.compile(b.build(), target=dev.target, opt_level=1)
+    model = ember.compile(b.build(), target=dev.target, opt_level=opt_level, tune=tune)
 
     return _timed(lambda: sum(s["seconds"] for s in model.profile(x=arrays[0])), repeat)
 
 
+def _clblast(dev: Device, a: np.ndarray, b: np.ndarray, trans_b: bool, repeat: int
+             ) -> tuple[Timing, float] | None:
+    """CLBlast's GEMM (GEMV for one row) on ember's device and queue, and its max abs error
+    against numpy; None when pyclblast is not installed."""
+    try:
+        import pyclblast
+    except ImportError:
+        return None
+    import pyopencl.array as cla
+
+    queue = dev.dev.queue
+    m, k = a.shape
+    n = b.shape[0] if trans_b else b.shape[1]
+    a_dev, b_dev = cla.to_device(queue, a), cla.to_device(queue, b)
+    c_dev = cla.zeros(queue, (m, n), np.float32)
+    if m == 1:  # y = B^T a for B stored K x N (row-major), y = B a for B stored N x K
+        def run() -> None:
+            pyclblast.gemv(queue, n, k, b_dev, a_dev.reshape(k), c_dev.reshape(n),
+                           a_ld=k if trans_b else n, a_transp=not trans_b).wait()
+    else:
+        def run() -> None:
+            pyclblast.gemm(queue, m, n, k, a_dev, b_dev, c_dev, a_ld=k,
+                           b_ld=k if trans_b else n, c_ld=n, b_transp=trans_b).wait()
+    seconds = _timed(run, repeat)
+    expected = a @ (b.T if trans_b else b)
+    return seconds, float(np.abs(c_dev.get() - expected).max())
+
+
 def bench_case(dev: Device, case: Case, params_list: list[CpuGemmParams | None],
-               repeat: int) -> list[tuple[str, Timing, float]]:
-    """(label, (median, best) seconds, max abs error against numpy) for every path."""
+               repeat: int, tune: TuneBudget | None = None) -> list[tuple[str, Timing, float]]:
+    """(label, (median, best) seconds, max abs error against numpy) for every path; with
+    `tune`, also ember tuned within that budget."""
     rng = np.random.default_rng(0)
     rows = []
     if case.conv is None:
@@ -220,8 +257,14 @@ def bench_case(dev: Device, case: Case, params_list: list[CpuGemmParams | None],
         if is_pointwise(conv_geometry(x_shape, w_shape, _conv_attrs(pad))):
             modes += ("pointwise",)
     rows.append(("numpy" + (" (im2col + BLAS)" if case.conv else ""), seconds, 0.0))
-    rows.append(("ember.compile default kernel", _ember_default(dev, case, arrays, repeat),
+    rows.append(("ember.compile O2 default", _ember_compiled(dev, case, arrays, repeat, 2),
                  float("nan")))
+    if tune is not None:
+        rows.append(("ember.compile O3 tuned",
+                     _ember_compiled(dev, case, arrays, repeat, 3, tune), float("nan")))
+    clblast = None if case.conv else _clblast(dev, *arrays, case.trans_b, repeat)
+    if clblast is not None:
+        rows.append(("CLBlast (pyclblast)", *clblast))
     for index, params in enumerate(params_list):
         if params is None:
             params = (cpu_gemm_params(case.m, case.n) if case.conv is None else
@@ -251,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--target", default="opencl")
     parser.add_argument("--sweep", action="store_true", help="also every tuner candidate")
+    parser.add_argument("--tune", type=float, metavar="SECONDS", default=None,
+                        help="also ember.compile(opt_level=3, tune=...) with this budget per "
+                             "kernel (the TuningDB keeps the result: later runs reuse it)")
     parser.add_argument("--json", type=Path, help="also write every row here (charts.py)")
     parser.add_argument("--params", action="append", default=[],
                         help="extra tiling mr,vw,nv,ku,group_m (repeatable)")
@@ -279,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
                  if case.conv is None else
                  f"x={case.conv[0]} w={case.conv[1]} pad={case.conv[2]}")
         print(f"\n{case.name}: {shape}")
-        rows = bench_case(dev, case, params_list, args.repeat)
+        tune = (None if args.tune is None else
+                TuneBudget(model_seconds=args.tune, kernel_seconds=args.tune))
+        rows = bench_case(dev, case, params_list, args.repeat, tune)
         base = rows[0][1][0]
         print(f"  {'path':<62} {'GFLOP/s':>8} {'x numpy':>8} {'best':>7} {'max err':>9}")
         for label, (median, best), error in rows:

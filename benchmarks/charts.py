@@ -20,7 +20,9 @@ from typing import Any
 __all__ = ["gemm_chart", "levels_chart", "main"]
 
 # bench_gemm.py path labels -> the legend's names (the first match wins)
-GEMM_PATHS = (("numpy", "numpy (BLAS)"), ("ember.compile", "ember.compile at O1 (weights as stored)"),
+GEMM_PATHS = (("numpy", "numpy (BLAS)"), ("CLBlast", "CLBlast (pyclblast)"),
+              ("O2 default", "ember.compile O2, default parameters"),
+              ("O3 tuned", "ember.compile O3, tuned"),
               ("packed", "ember CPU kernel, packed weights"),
               ("direct", "ember CPU kernel, B as stored"),
               ("pointwise", "ember CPU kernel, 1x1 as W @ X"))

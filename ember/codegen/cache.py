@@ -15,13 +15,15 @@ Layout (the root is `EMBER_CACHE_DIR`, else the user cache directory of `platfor
     programs/<key[:2]>/<key>/source.cl    the source it was built from (for reading, import)
     programs/<key[:2]>/<key>/info.json    key fields and the binary's sha256
     pocl/                                 PoCL's own kernel cache (see `share_pocl_cache`)
+    templates/                            compiled kernel templates (render.TemplateCodeCache)
 
 An entry is written into a temporary directory beside its final place, fsynced, then renamed
 into place in one step: readers see a whole entry or none, and two writers of one key leave
 one of their entries (equivalent: same source, options, version and device). An entry that
 fails any check (JSON, key fields, checksum, or the driver refusing the binary) is deleted
 and the program is built from source again.
-Nothing is unpickled: JSON and raw bytes only. A failed write (read-only disk, disk full) is
+Nothing is unpickled: JSON and raw bytes only (and the templates' marshalled code, which
+Python's own .pyc files are too). A failed write (read-only disk, disk full) is
 logged and the compile goes on without the cache. Archives (`ember cache export/import`) are
 in cache_archive.py.
 """
@@ -40,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ember.codegen.families import DeviceTraits
+from ember.codegen.render import TEMPLATE_CODE
 
 __all__ = [
     "CACHE_DIR_ENV", "FORMAT", "BinaryCache", "CacheEntry", "CacheStats", "cache_key",
@@ -323,11 +326,14 @@ class BinaryCache:
                       and not p.name.startswith(("tempfile", ".tmp-")))
 
     def clear(self) -> tuple[int, int]:
-        """Delete every entry and PoCL's files under the root: (entries, bytes) removed.
-        The pocl directory itself stays, as a running PoCL expects it."""
+        """Delete every entry, PoCL's files and the compiled templates under the root:
+        (entries, bytes) removed. The pocl directory itself stays, as a running PoCL
+        expects it."""
         entries = sum(1 for _ in self.entry_dirs())
-        nbytes = _tree_bytes(self.programs_dir) + _tree_bytes(self.pocl_dir)
+        templates = self.root / TEMPLATE_CODE
+        nbytes = sum(_tree_bytes(d) for d in (self.programs_dir, self.pocl_dir, templates))
         shutil.rmtree(self.programs_dir, ignore_errors=True)
+        shutil.rmtree(templates, ignore_errors=True)
         if self.pocl_dir.is_dir():
             for child in self.pocl_dir.iterdir():
                 if child.is_dir():

@@ -5,8 +5,14 @@ Templates get only numbers, dtype names and generated identifiers: never a user 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
+import marshal
 import math
+import os
+import tempfile
+import types
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,19 +21,66 @@ import numpy as np
 
 from ember.ir import DType
 
-__all__ = ["render", "kernel_name", "c_literal", "contiguous_strides", "broadcast_strides"]
+__all__ = ["TemplateCodeCache", "render", "kernel_name", "c_literal", "contiguous_strides", "broadcast_strides"]
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
-    undefined=jinja2.StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    keep_trailing_newline=True,
-)
+TEMPLATE_CODE = "templates"  # the compiled templates' folder under the cache directory
+
+
+class TemplateCodeCache(jinja2.BytecodeCache):
+    """Compiled templates kept as files of marshalled code objects, as Python keeps .pyc
+    files: parsing and compiling the templates is a third of a warm start otherwise. A file
+    is named by the template's key, its source checksum and the interpreter's magic number,
+    so an edited template or another Python misses; an unreadable file is a miss too. No
+    pickle (jinja2's own file cache pickles its header). A failed write is ignored: the next
+    process compiles again."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, bucket: jinja2.bccache.Bucket) -> Path:
+        magic = importlib.util.MAGIC_NUMBER.hex()
+        return self.directory / f"{bucket.key}-{bucket.checksum}-{magic}.code"
+
+    def load_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        try:
+            code = marshal.loads(self._path(bucket).read_bytes())
+        except (OSError, ValueError, EOFError, TypeError):
+            return
+        if isinstance(code, types.CodeType):
+            bucket.code = code
+
+    def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
+        path = self._path(bucket)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=path.name, suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(marshal.dumps(bucket.code))
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        except OSError:
+            pass
+
+
+@functools.cache
+def _environment() -> jinja2.Environment:
+    from ember.codegen.cache import default_cache_dir  # its package imports this module
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        bytecode_cache=TemplateCodeCache(default_cache_dir() / TEMPLATE_CODE),
+    )
 
 
 def render(template: str, **params) -> str:
-    return _ENV.get_template(template).render(**params)
+    return _environment().get_template(template).render(**params)
 
 
 def kernel_name(kind: str, *key_parts: object) -> str:

@@ -43,6 +43,7 @@ class Graph:
         self.nx = nx.MultiDiGraph()
         self.outputs: list[tuple[str, Value]] = []
         self._ids = itertools.count()
+        self._order: list[int] | None = None  # topological order, until an edge changes
 
     # -- building -------------------------------------------------------------------------
     def add_node(
@@ -64,6 +65,7 @@ class Graph:
         if outputs is None:
             outputs = opdef.infer_types(in_types, attrs, node=label)
         self.nx.add_node(node, op=op, attrs=attrs, outputs=tuple(outputs), name=label)
+        self._order = None
         for port, value in enumerate(inputs):
             self._check_value(value)
             self.nx.add_edge(value.node, node, out=value.port, **{"in": port})
@@ -125,7 +127,8 @@ class Graph:
         return any(v == value for _, v in self.outputs)
 
     def input_nodes(self) -> list[int]:
-        return [n for n in self.topological_order() if self.op(n) == "Input"]
+        # Inputs have no predecessors: the topological order (ties by id) lists them by id.
+        return sorted(n for n, op in self.nx.nodes(data="op") if op == "Input")
 
     def input_names(self) -> list[str]:
         return [self.node_name(n) for n in self.input_nodes()]
@@ -140,8 +143,12 @@ class Graph:
         return None
 
     def topological_order(self) -> list[int]:
-        """A deterministic topological order (ties broken by node id, i.e. creation order)."""
-        return list(nx.lexicographical_topological_sort(self.nx))
+        """A deterministic topological order (ties broken by node id, i.e. creation order).
+        Kept until the next structural edit: passes ask for it far more often than they
+        rewire (add_node, set_input and remove_node forget it)."""
+        if self._order is None:
+            self._order = list(nx.lexicographical_topological_sort(self.nx))
+        return list(self._order)
 
     def __len__(self) -> int:
         return self.nx.number_of_nodes()
@@ -179,6 +186,7 @@ class Graph:
             if data["in"] == port:
                 self.nx.remove_edge(old.node, node, key)
         self.nx.add_edge(value.node, node, out=value.port, **{"in": port})
+        self._order = None
 
     def remove_node(self, node: int) -> None:
         """Remove a node; refuses while any of its outputs is still used or a graph output."""
@@ -190,6 +198,7 @@ class Graph:
                     f"output {port} is still used"
                 )
         self.nx.remove_node(node)
+        self._order = None
 
     def set_attrs(self, node: int, attrs: Mapping[str, Any]) -> None:
         """Replace a node's attributes; the output types must not change."""
