@@ -49,8 +49,8 @@ def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
 
 def tunables_line(target: Target) -> str:
     """Where each kernel kind's parameters come from on a device (for `ember info`)."""
-    return ", ".join(f"{kind} from {params_for(kind, None, target).source}"
-                     for kind in param_kinds())
+    return ", ".join(f"{kind} from {spec.shape_rule or params_for(kind, None, target).source}"
+                     for kind, spec in param_kinds().items())
 
 
 def format_result(r: TuneResult) -> str:
@@ -63,7 +63,7 @@ def format_result(r: TuneResult) -> str:
 
     def rate(seconds: float | None) -> str:
         value = r.gflops(seconds)
-        return f"{value:.2f} GFLOP/s" if value is not None else "rejected"
+        return f"{value:.2f} {r.unit}" if value is not None else "rejected"
 
     base = default.seconds if default is not None else None
     speedup = f" ({r.speedup:.2f}x)" if r.speedup is not None else ""

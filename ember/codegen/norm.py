@@ -2,7 +2,7 @@
 RMSNormalization and InstanceNormalization (`norm.cl.j2`), and the LRN kernel (`lrn.cl.j2`).
 
 The row view comes from the IR (`softmax_rows`, `layer_norm_rows`), LOCAL from
-`choose_row_params`. Sums accumulate in float (double for float64 tensors or a float64
+`row_params_for` (tuned, else `choose_row_params`). Sums accumulate in float (double for float64 tensors or a float64
 stash_type); half tensors are stored as half.
 """
 
@@ -15,8 +15,9 @@ from ember.codegen.families import Target
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.render import broadcast_strides, c_literal, kernel_name, render
 from ember.codegen.rows import (
-    RowParams, accumulator, choose_row_params, index_type, lit, loader, row_lowered, storer,
+    RowParams, accumulator, index_type, lit, loader, row_lowered, row_params_for, storer,
 )
+from ember.codegen.tunables import Lookup
 from ember.ir import DType
 from ember.ir.ops.nn import layer_norm_rows, lrn_window, softmax_rows
 
@@ -27,13 +28,15 @@ def _acc_literal(value: float, acc: str) -> str:
     return c_literal(value, DType.FLOAT64 if acc == "double" else DType.FLOAT32)
 
 
-def _params(rows: int, n: int, inner: int, target: Target, acc: str,
-            given: RowParams | None) -> RowParams:
-    """The given tunables (tests, the tuner) or the family's choice; validated either way."""
+def _params(spec: NodeSpec, rows: int, n: int, inner: int, target: Target, acc: str,
+            given: RowParams | None) -> tuple[RowParams, Lookup | None]:
+    """The given tunables (tests) or the device's (tuned, else the shape rule), validated
+    either way, and the lookup that answered (for the tuner)."""
     acc_bytes = 8 if acc == "double" else 4
-    params = given or choose_row_params(rows, n, inner, target, acc_bytes)
+    lookup = None if given else row_params_for(spec, rows, n, inner, target, acc_bytes)
+    params = given or lookup.params
     params.validate(target, acc_bytes)
-    return params
+    return params, lookup
 
 
 @kernel_builder("Softmax", "LogSoftmax")
@@ -45,7 +48,7 @@ def build_softmax(spec: NodeSpec, target: Target,
     if x.size == 0:
         return Lowered(())
     acc = accumulator(x.dtype)
-    params = _params(rows, n, inner, target, acc, params)
+    params, lookup = _params(spec, rows, n, inner, target, acc, params)
     name = kernel_name("softmax", spec, params)
     source = render(
         "softmax.cl.j2",
@@ -65,7 +68,7 @@ def build_softmax(spec: NodeSpec, target: Target,
         lit=lit,
     )
     kernel = Kernel(name, source, extensions_for([x.dtype]))
-    return row_lowered(kernel, rows, params)
+    return row_lowered(kernel, rows, params, tuning=lookup)
 
 
 def affine_offset(var: str, shape: tuple[int, ...], row_shape: tuple[int, ...],
@@ -106,7 +109,7 @@ def build_norm(spec: NodeSpec, target: Target,
         return Lowered(())
     scale_t, y_t = spec.inputs[1], spec.outputs[0]  # RMSNormalization: Y has scale's dtype
     acc = accumulator(x.dtype, scale_t.dtype, stash)
-    params = _params(rows, n, 1, target, acc, params)
+    params, lookup = _params(spec, rows, n, 1, target, acc, params)
     idx = index_type(x.size, rows * params.local)
     has_bias = len(spec.inputs) > 2
     offsets: list[str] = []
@@ -152,7 +155,7 @@ def build_norm(spec: NodeSpec, target: Target,
     args = tuple((IN, i) for i in range(len(spec.inputs))) + (
         ((OUT, 0), (OUT, 1), (OUT, 2)) if stats else ((OUT, 0),)
     )
-    return row_lowered(kernel, rows, params, args)
+    return row_lowered(kernel, rows, params, args, tuning=lookup)
 
 
 @kernel_builder("LRN")

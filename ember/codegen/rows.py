@@ -1,5 +1,6 @@
 """What the nn kernels share: the per-row launch parameters (`RowParams`, chosen per device
-family by `choose_row_params`) and small rendering helpers (index type, literals, loads).
+family by `choose_row_params` unless the TuningDB has them: `row_params_for`, kind "rows" in
+tunables.py) and small rendering helpers (index type, literals, loads).
 
 A *row* kernel (softmax, layer/instance norm, global pooling) gives each row either one
 work-item (LOCAL = 1) or one work-group of LOCAL work-items that combine partial results in
@@ -15,11 +16,12 @@ from dataclasses import dataclass
 
 from ember.codegen.elementwise import compute_type, load_expr, store_stmt
 from ember.codegen.families import Target
-from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered
+from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec
+from ember.codegen.tunables import Lookup, params_for, tuning_key
 from ember.ir import DType
 
 __all__ = [
-    "RowParams", "choose_row_params", "row_launch", "index_type", "lit", "loader", "storer",
+    "RowParams", "choose_row_params", "row_params_for", "row_launch", "index_type", "lit", "loader", "storer",
     "accumulator", "MAX_LOCAL",
 ]
 
@@ -32,17 +34,24 @@ class RowParams:
 
     local: int  # work-items per row: 1, or a power of two
 
-    def validate(self, target: Target, acc_bytes: int) -> None:
-        """Raise ValueError naming the constraint a value breaks."""
-        local = self.local
+    def violations(self, target: Target, acc_bytes: int = 4) -> list[str]:
+        """The constraints these params break, each with its reason (empty: valid)."""
+        local, bad = self.local, []
         if local < 1 or local & (local - 1):
-            raise ValueError(f"local={local}: must be a power of two (the reduction tree halves)")
+            bad.append(f"local={local}: must be a power of two (the reduction tree halves)")
         if local > target.traits.max_work_group_size:
-            raise ValueError(f"local={local}: exceeds the device's max work-group size "
-                             f"{target.traits.max_work_group_size}")
+            bad.append(f"local={local}: exceeds the device's max work-group size "
+                       f"{target.traits.max_work_group_size}")
         if local > 1 and local * acc_bytes > target.traits.local_mem_bytes:
-            raise ValueError(f"local={local}: scratch of {local * acc_bytes} bytes exceeds "
-                             f"local memory {target.traits.local_mem_bytes}")
+            bad.append(f"local={local}: scratch of {local * acc_bytes} bytes exceeds "
+                       f"local memory {target.traits.local_mem_bytes}")
+        return bad
+
+    def validate(self, target: Target, acc_bytes: int) -> None:
+        """Raise ValueError naming the constraints a value breaks."""
+        broken = self.violations(target, acc_bytes)
+        if broken:
+            raise ValueError("; ".join(broken))
 
     @property
     def steps(self) -> tuple[int, ...]:
@@ -77,6 +86,19 @@ def choose_row_params(rows: int, n: int, inner: int, target: Target,
     if rows >= 2 * traits.compute_units or n < 256:
         return RowParams(1)
     return RowParams(min(cap, 16))
+
+
+def row_params_for(spec: NodeSpec, rows: int, n: int, inner: int, target: Target,
+                   acc_bytes: int = 4) -> Lookup:
+    """A row kernel's LOCAL: tuned on this device (the TuningDB's entry for the problem),
+    else `choose_row_params`'s rule for the shape, which knows more than a per-family
+    constant could."""
+    lookup = params_for("rows", tuning_key(spec), target, acc_bytes)
+    if lookup.level == "device":
+        return lookup
+    chosen = choose_row_params(rows, n, inner, target, acc_bytes)
+    return Lookup("rows", lookup.key, chosen, "family",
+                  f"rule for {rows} rows of {n} on family {target.family.name}")
 
 
 def row_launch(rows: int, params: RowParams) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
@@ -118,8 +140,9 @@ def storer(dtype: DType, pointer: str) -> Callable[[str, str], str]:
 
 
 def row_lowered(kernel: Kernel, rows: int, params: RowParams,
-                args: tuple[tuple[str, int], ...] = ((IN, 0), (OUT, 0))) -> Lowered:
+                args: tuple[tuple[str, int], ...] = ((IN, 0), (OUT, 0)),
+                tuning: Lookup | None = None) -> Lowered:
     """The one launch of a per-row kernel, sized by its row parameters."""
     global_size, local_size = row_launch(rows, params)
     return Lowered((Launch(kernel, global_size, local_size, args),),
-                   notes=(f"local={params.local}",))
+                   notes=(f"local={params.local}",), tuning=tuning)

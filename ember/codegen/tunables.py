@@ -1,7 +1,8 @@
 """Where each kernel's tunables come from.
 
 Each kernel kind ("gemm": the local-memory tiled GEMM; "gemm_cpu" / "gemv_cpu": the
-register-tiled CPU GEMM for M > 1 / M = 1) has a `ParamKind` in `param_kinds()`: defaults per
+register-tiled CPU GEMM for M > 1 / M = 1; "rows": softmax and the norms, work-items per
+row) has a `ParamKind` in `param_kinds()`: defaults per
 level, a search space (values per axis) and named rules. `params_for(kind, key, target)`
 answers from the first level that has a legal set: device (tuned on this very device: the
 target's TuningTable, filled from the TuningDB) -> arch (chip architecture, e.g. gfx803,
@@ -25,7 +26,7 @@ from ember.codegen.families import Target
 
 __all__ = [
     "Lookup", "LEVELS", "ParamKind", "Rule", "SearchSpace", "param_kinds", "params_for",
-    "search_space", "tuning_key", "tunable_spec", "TUNABLE_OPS",
+    "search_space", "tuning_key", "tunable_spec", "TUNABLE_OPS", "ROW_OPS",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class ParamKind:
     axes: tuple[tuple[str, tuple[int, ...]], ...]
     own: Callable[[Any, Target, int], list[str]]  # the params type's violations()
     rules: tuple[Rule, ...] = ()
+    shape_rule: str | None = None  # untuned, builders apply this rule, not `defaults`
 
     def violations(self, params: Any, target: Target, itemsize: int = 4) -> list[str]:
         if not isinstance(params, self.params_type):
@@ -205,7 +207,18 @@ def param_kinds() -> Mapping[str, ParamKind]:
               ("group_m", (0,))),
         own=cpu_own, rules=_cpu_rules(),
     )
-    return {k.name: k for k in (gemm, gemm_cpu, gemv_cpu)}
+    # Row kernels' real default is a rule over the shape (rows.choose_row_params, which
+    # row_params_for applies); these generic sets only answer `ember info`.
+    from ember.codegen.rows import MAX_LOCAL, RowParams
+
+    rows = ParamKind(
+        "rows", RowParams,
+        defaults={"generic": {"gpu": RowParams(64), "other": RowParams(1)}},
+        axes=(("local", tuple(1 << i for i in range(MAX_LOCAL.bit_length()))),),
+        own=lambda p, t, itemsize: p.violations(t, itemsize),
+        shape_rule="rows.choose_row_params",
+    )
+    return {k.name: k for k in (gemm, gemm_cpu, gemv_cpu, rows)}
 
 
 def params_for(kind: str, key: str | None, target: Target, itemsize: int = 4) -> Lookup:
@@ -244,12 +257,15 @@ def search_space(kind: str, target: Target, itemsize: int = 4) -> SearchSpace:
 
 
 # -- tuning keys ------------------------------------------------------------------------------
-TUNABLE_OPS = ("MatMul", "Conv", "ConvTranspose")
+ROW_OPS = ("Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization",
+           "RMSNormalization")
+TUNABLE_OPS = ("MatMul", "Conv", "ConvTranspose", *ROW_OPS)
 
 
 def tunable_spec(spec: Any) -> Any | None:
-    """The plain problem a MatMul / Conv spec tunes as: its epilogue (and the epilogue's
-    inputs) removed, since an epilogue only changes the store. None for other ops."""
+    """The plain problem a tunable spec tunes as: a MatMul / Conv without its epilogue (and
+    the epilogue's inputs), since an epilogue only changes the store; a row op as it is.
+    None for other ops."""
     from ember.ir.ops.fused import epilogue_inputs
 
     if spec.op not in TUNABLE_OPS:

@@ -44,7 +44,7 @@ from ember.codegen.tuning_db import TuningDB
 from ember.ir import OPS, DType
 
 __all__ = ["TuneBudget", "Trial", "TuneResult", "Tuner", "Bench", "Rejected", "tuned_target",
-           "spec_flops", "TOLERANCE"]
+           "spec_flops", "spec_work", "TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,13 @@ class TuneResult:
 
     kind: str
     key: str
-    flops: int
+    flops: int  # the work one run does, in `unit`s x 1e9 per second (see spec_work)
     default: Lookup  # what the builder uses untuned
     trials: list[Trial] = field(default_factory=list)
     elapsed: float = 0.0
     skipped: bool = False  # already in the DB: nothing measured
     exhausted: bool = False  # every candidate of the space was measured
+    unit: str = "GFLOP/s"  # "GB/s" for kernels that move data more than they multiply
 
     def _accepted(self) -> list[Trial]:
         return [t for t in self.trials if t.seconds is not None]
@@ -142,6 +143,15 @@ def spec_flops(spec: NodeSpec) -> int:
         per = w.shape[1] * math.prod(w.shape[2:])
         return 2 * (out.size if spec.op == "Conv" else spec.inputs[0].size) * per
     return 0
+
+
+def spec_work(spec: NodeSpec) -> tuple[int, str]:
+    """What a kernel's speed is counted in: FLOPs for products, else the bytes it reads and
+    writes (row kernels: softmax, norms), with the rate's unit."""
+    flops = spec_flops(spec)
+    if flops:
+        return flops, "GFLOP/s"
+    return sum(t.size * t.dtype.itemsize for t in (*spec.inputs, *spec.outputs)), "GB/s"
 
 
 def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: DType) -> np.ndarray:
@@ -309,7 +319,8 @@ class Tuner:
         if found is None:
             return None
         plain, lookup = found
-        result = TuneResult(lookup.kind, lookup.key, spec_flops(plain), lookup)
+        work, unit = spec_work(plain)
+        result = TuneResult(lookup.kind, lookup.key, work, lookup, unit=unit)
         if self.db is not None and not force and candidates is None \
                 and (lookup.kind, lookup.key) in self.db:
             result.skipped = True
@@ -405,7 +416,7 @@ class Tuner:
             bar.update(1)
             best = result.best
             if best is not None:
-                bar.set_postfix_str(f"best {result.gflops(best.seconds) or 0:.1f} GFLOP/s")
+                bar.set_postfix_str(f"best {result.gflops(best.seconds) or 0:.1f} {result.unit}")
 
     def _store(self, result: TuneResult) -> None:
         best = result.best
@@ -417,7 +428,8 @@ class Tuner:
             return
         default = result.default_trial
         self.db.put(result.kind, result.key, best.params, seconds=best.seconds,
-                    gflops=result.gflops(best.seconds),
+                    **{"gflops" if result.unit == "GFLOP/s" else "gbps":
+                       result.gflops(best.seconds)},
                     default_params=str(result.default.params),
                     default_seconds=default.seconds if default else None,
                     default_level=result.default.level,
@@ -435,7 +447,9 @@ class Tuner:
             hit = self.lookup_of(spec)
             if hit is not None:
                 found.setdefault((hit[1].kind, hit[1].key), hit[0])
-        order = sorted(found.values(), key=spec_flops, reverse=True)
+        # products first (where tuning pays most), then the rest, larger first
+        order = sorted(found.values(), key=lambda s: (spec_flops(s) > 0, spec_work(s)[0]),
+                       reverse=True)
         deadline = time.perf_counter() + self.budget.model_seconds
         results = []
         for spec in order:
