@@ -8,6 +8,7 @@ and against onnxruntime; peak device memory (all of it, then activations alone, 
 weights) against the naive plan, one buffer per tensor of the unoptimized (O0) graph:
 
     python benchmarks/bench_opt_levels.py [--models resnet,bert] [--repeat 20] [--json out.json]
+    python benchmarks/bench_opt_levels.py --tune 120   # O3 tuned first (kept in the TuningDB)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import ember  # noqa: E402
+from ember.codegen.tuner import TuneBudget  # noqa: E402
 from benchmarks.bench_models import THREADS, Case, environment, select  # noqa: E402
 
 __all__ = ["LevelResult", "ModelResult", "run_model", "main"]
@@ -68,7 +70,8 @@ def _round_robin(runners: list[Callable[[], Any]], warmup: int, repeat: int) -> 
     return [statistics.median(t) * 1e3 for t in times]
 
 
-def run_model(case: Case, levels: list[int], warmup: int, repeat: int) -> ModelResult:
+def run_model(case: Case, levels: list[int], warmup: int, repeat: int,
+              tune: TuneBudget | None = None) -> ModelResult:
     feeds = case.feeds()
     shapes = {k: v.shape for k, v in feeds.items()}
     model: bytes | str = case.prepare(case.path) if case.prepare else str(case.path)
@@ -80,7 +83,8 @@ def run_model(case: Case, levels: list[int], warmup: int, repeat: int) -> ModelR
     result = ModelResult(case.name)
     runners: list[Callable[[], Any]] = [lambda: session.run(names, feeds)]
     for level in levels:
-        compiled = ember.compile(model, opt_level=level, input_shapes=shapes)
+        compiled = ember.compile(model, opt_level=level, input_shapes=shapes,
+                                 tune=tune if level >= 3 and tune is not None else False)
         compiled(**feeds)  # the first call finishes PoCL's kernel builds
         stats = compiled.stats
         result.levels.append(LevelResult(level, stats.kernel_launches, stats.peak_device_bytes,
@@ -127,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=20, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls per runner")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    parser.add_argument("--tune", type=float, metavar="SECONDS",
+                        help="tune O3's kernels first, up to SECONDS per model (what the "
+                             "TuningDB already holds is not measured again)")
     args = parser.parse_args(argv)
+    tune = None if args.tune is None else TuneBudget(model_seconds=args.tune,
+                                                     kernel_seconds=min(args.tune, 20.0))
     env = environment()
     if env["device"] is None:
         raise SystemExit("no OpenCL device: the optimization levels are compared on one")
@@ -138,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for case in select(patterns):
         print(f"running {case.name} ...", file=sys.stderr, flush=True)
-        results.append(run_model(case, levels, args.warmup, args.repeat))
+        results.append(run_model(case, levels, args.warmup, args.repeat, tune))
     print(format_table(results))
     if args.json:
         payload = {"environment": env, "repeat": args.repeat,
