@@ -19,6 +19,7 @@ from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, ke
 from ember.codegen.render import broadcast_strides, c_literal, contiguous_strides, kernel_name, \
     render
 from ember.codegen.rows import index_type, lit
+from ember.codegen.tunables import params_for, tuning_key
 from ember.ir import DType
 from ember.ir.ops.attention import AttentionGeometry, attention_geometry
 
@@ -83,9 +84,13 @@ DEFAULT_ATTENTION_PARAMS: dict[str, AttentionParams] = {
 }
 
 
-def attention_params(target: Target, sq: int, sk: int) -> AttentionParams:
-    """The family default, fitted to the problem, with the work-group cut to the device."""
-    params = DEFAULT_ATTENTION_PARAMS.get(target.family.name, DEFAULT_ATTENTION_PARAMS["generic"])
+def attention_params(target: Target, sq: int, sk: int,
+                     params: AttentionParams | None = None) -> AttentionParams:
+    """`params` (else the family default) fitted to the problem, with the work-group cut to
+    the device."""
+    if params is None:
+        params = DEFAULT_ATTENTION_PARAMS.get(target.family.name,
+                                              DEFAULT_ATTENTION_PARAMS["generic"])
     local = params.local
     while local > max(target.traits.max_work_group_size, 1):
         local //= 2
@@ -202,7 +207,10 @@ def build_attention(spec: NodeSpec, target: Target,
                            a["q_perm"], a["k_perm"], a["v_perm"], a["out_perm"])
     if out.size == 0:
         return Lowered(())
-    params = params or attention_params(target, g.sq, g.sk)
+    lookup = None
+    if params is None:  # tuned on this device (the TuningDB), else the family's default
+        lookup = params_for("attention", tuning_key(spec), target)
+        params = attention_params(target, g.sq, g.sk, lookup.params)
     if dtype is DType.FLOAT64:  # vec and kblock count float lanes: doubles get half
         params = replace(params, vec=max(1, params.vec // 2), kblock=max(1, params.kblock // 2))
     params = params.fitted(g.sq, g.sk)
@@ -263,4 +271,4 @@ def build_attention(spec: NodeSpec, target: Target,
     padded = -(-items // params.local) * params.local
     return Lowered((Launch(kernel, (padded,), (params.local,), args),),
                    notes=(f"rows={params.rows} kblock={params.kblock} vd={vd} vv={vv} "
-                          f"local={params.local}",))
+                          f"local={params.local}",), tuning=lookup)

@@ -2,7 +2,7 @@
 
 Each kernel kind ("gemm": the local-memory tiled GEMM; "gemm_cpu" / "gemv_cpu": the
 register-tiled CPU GEMM for M > 1 / M = 1; "rows": softmax and the norms, work-items per
-row) has a `ParamKind` in `param_kinds()`: defaults per
+row; "attention": the fused attention kernel) has a `ParamKind` in `param_kinds()`: defaults per
 level, a search space (values per axis) and named rules. `params_for(kind, key, target)`
 answers from the first level that has a legal set: device (tuned on this very device: the
 target's TuningTable, filled from the TuningDB) -> arch (chip architecture, e.g. gfx803,
@@ -218,7 +218,23 @@ def param_kinds() -> Mapping[str, ParamKind]:
         own=lambda p, t, itemsize: p.violations(t, itemsize),
         shape_rule="rows.choose_row_params",
     )
-    return {k.name: k for k in (gemm, gemm_cpu, gemv_cpu, rows)}
+    from ember.codegen.attention import DEFAULT_ATTENTION_PARAMS, AttentionParams
+
+    attention = ParamKind(
+        "attention", AttentionParams,
+        defaults={"family": DEFAULT_ATTENTION_PARAMS,
+                  "generic": {"gpu": DEFAULT_ATTENTION_PARAMS["gpu"],
+                              "other": DEFAULT_ATTENTION_PARAMS["generic"]}},
+        axes=(("rows", (1, 2, 4, 8)), ("kblock", (1, 2, 4, 8, 16)), ("vec", (1, 4, 8, 16)),
+              ("local", (1, 16, 32, 64))),
+        own=lambda p, t, itemsize: p.violations(t),
+        rules=(Rule("local == 1 on CPU devices: a work-item's vectors are its SIMD, and a "
+                    "work-group runs on one core anyway",
+                    lambda p, t: t.family.is_gpu or p.local == 1),
+               Rule("local % simd_width == 0 on GPUs: whole warps / wavefronts per group",
+                    lambda p, t: not t.family.is_gpu or p.local % t.simd_width == 0)),
+    )
+    return {k.name: k for k in (gemm, gemm_cpu, gemv_cpu, rows, attention)}
 
 
 def params_for(kind: str, key: str | None, target: Target, itemsize: int = 4) -> Lookup:
@@ -259,7 +275,7 @@ def search_space(kind: str, target: Target, itemsize: int = 4) -> SearchSpace:
 # -- tuning keys ------------------------------------------------------------------------------
 ROW_OPS = ("Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization",
            "RMSNormalization")
-TUNABLE_OPS = ("MatMul", "Conv", "ConvTranspose", *ROW_OPS)
+TUNABLE_OPS = ("MatMul", "Conv", "ConvTranspose", "Attention", *ROW_OPS)
 
 
 def tunable_spec(spec: Any) -> Any | None:

@@ -42,6 +42,7 @@ from ember.codegen.kernels import IN, OUT, TMP, Kernel, Lowered, NodeSpec, lower
 from ember.codegen.tunables import Lookup, param_kinds, search_space, tunable_spec
 from ember.codegen.tuning_db import TuningDB
 from ember.ir import OPS, DType
+from ember.ir.ops.attention import attention_geometry
 
 __all__ = ["TuneBudget", "Trial", "TuneResult", "Tuner", "Bench", "Rejected", "tuned_target",
            "spec_flops", "spec_work", "TOLERANCE"]
@@ -132,7 +133,8 @@ class TuneResult:
 
 
 def spec_flops(spec: NodeSpec) -> int:
-    """Multiply-adds x 2 of a MatMul / Conv / ConvTranspose spec (0 for other ops)."""
+    """Multiply-adds x 2 of a MatMul / Conv / ConvTranspose / Attention spec (0 for other
+    ops; attention's softmax is not counted)."""
     out = spec.outputs[0]
     if spec.op == "MatMul":
         a = spec.inputs[0]
@@ -142,6 +144,12 @@ def spec_flops(spec: NodeSpec) -> int:
         w = spec.inputs[1]
         per = w.shape[1] * math.prod(w.shape[2:])
         return 2 * (out.size if spec.op == "Conv" else spec.inputs[0].size) * per
+    if spec.op == "Attention":
+        a = spec.attrs
+        g = attention_geometry(*(t.shape for t in spec.inputs[:3]),
+                               spec.inputs[3].shape if len(spec.inputs) > 3 else None,
+                               a["q_perm"], a["k_perm"], a["v_perm"], a["out_perm"])
+        return 2 * g.batch_size * g.sq * g.sk * (g.d + g.dv)
     return 0
 
 

@@ -103,3 +103,24 @@ def test_tuned_local_reaches_the_kernel(device, opencl_target):
     assert at_o2.lowered.tuning.level == "family"
     o3 = ember.compile(graph, target=opencl_target, opt_level=3)
     assert_close(o3(x=x)["y"], expected, tolerance=(1e-5, 1e-6))
+
+
+# -- attention ------------------------------------------------------------------------------
+def attention_spec(q, k, v, mask=None, **attrs) -> NodeSpec:
+    made = OPS["Attention"].make_attrs({"scale": 0.25, **attrs})
+    inputs = tuple(TensorType(s, F32) for s in (q, k, v) + ((mask,) if mask else ()))
+    outputs = tuple(OPS["Attention"].infer(list(inputs), made))
+    return NodeSpec("Attention", made, inputs, outputs, frozenset())
+
+
+def test_every_attention_candidate_is_correct_on_odd_shapes(device):
+    """Odd Sq, Sk and head sizes (idle lanes in the last key block, rows past Sq), a
+    broadcast mask; every legal set of the CPU space, sampled down to keep the test short."""
+    spec = attention_spec((2, 13, 16), (2, 19, 16), (2, 19, 24), (1, 13, 19))
+    space = search_space("attention", device.target)
+    assert len(space) > QUICK.exhaustive_limit  # large: the tuner samples it
+    picked = space.legal[::4]
+    result = Tuner(device, None, QUICK, progress=False).tune(spec, candidates=picked)
+    assert result.kind == "attention" and result.unit == "GFLOP/s" and result.flops > 0
+    assert {t.params for t in result.trials} >= set(picked)
+    assert not result.rejected, [(t.params, t.error) for t in result.rejected]
