@@ -8,7 +8,9 @@ ember/codegen/gemm_cpu.py with B read as it is ("direct"), packed on the host ("
 constant weight) and packed on the device by a kernel before each product
 ("runtime-packed": a B that is not a constant). Convolutions run as "out^T" (pixels as M,
 the gathered image as A, W as B: direct or packed) and, for 1x1 ones, as the plain product
-Y = W @ X ("pointwise").
+Y = W @ X ("pointwise"). One-row products also run the GEMV of ember/codegen/gemv_cpu.py
+("gemv_cpu": B packed into panels, or read as stored), its default and, with --sweep, its
+candidates.
 
     python benchmarks/bench_gemm.py                       # all cases, default tiling
     python benchmarks/bench_gemm.py --cases gemv --sweep  # every tuner candidate as well
@@ -45,6 +47,10 @@ from ember.codegen.gemm_cpu import (  # noqa: E402
     cpu_gemm_launch, is_pointwise,
     cpu_gemm_params, cpu_pack_launch, matmul_problem, pack_b, pack_conv_weight,
     packed_b_shape, render_cpu_gemm, render_cpu_pack,
+)
+from ember.codegen.gemv_cpu import (  # noqa: E402
+    DEFAULT_GEMV_PARAMS, GemvParams, gemv_candidates, gemv_launch, gemv_partial_bytes,
+    gemv_reduce_launch, matmul_gemv_problem, pack_gemv_b, render_gemv, render_gemv_reduce,
 )
 from ember.codegen.kernels import Kernel, program_header  # noqa: E402
 from ember.codegen.tuner import TuneBudget  # noqa: E402
@@ -172,6 +178,27 @@ def _matmul_runner(dev: Device, a: np.ndarray, b: np.ndarray, params: CpuGemmPar
     return dev.runner(kernels, launches), lambda: dev.read(c, (m, n))
 
 
+def _gemv_runner(dev: Device, a: np.ndarray, b: np.ndarray, params: GemvParams, packed: bool,
+                 trans_b: bool = False) -> tuple[Callable[[], None], Callable[[], np.ndarray]]:
+    """The GEMV of gemv_cpu.py (params fitted as ember fits them), B packed or as stored."""
+    m, k = a.shape
+    n = b.shape[0] if trans_b else b.shape[1]
+    params = params.fitted(n, k, "packed" if packed else "cols" if trans_b else "rows")
+    problem = matmul_gemv_problem(a.shape, b.shape, DType.FLOAT32, 0, int(trans_b),
+                                  params=params, packed_b=packed)
+    kernels = [Kernel("bench_gemv", render_gemv(problem, params, "bench_gemv"))]
+    c = dev.buffer(m * n * 4)
+    buffers = [dev.buffer(a), dev.buffer(pack_gemv_b(b, params, trans=trans_b) if packed
+                                         else b), c]
+    launches = [("bench_gemv", gemv_launch(problem, params), buffers)]
+    if params.ksplit > 1:  # partial sums of the K parts, then their sum
+        buffers.append(dev.buffer(gemv_partial_bytes(problem, params)))
+        kernels.append(Kernel("bench_gemv_sum",
+                              render_gemv_reduce(problem, params, "bench_gemv_sum")))
+        launches.append(("bench_gemv_sum", gemv_reduce_launch(problem, params), buffers))
+    return dev.runner(kernels, launches), lambda: dev.read(c, (m, n))
+
+
 def _conv_runner(dev: Device, x: np.ndarray, w: np.ndarray, pad: int, params: CpuGemmParams,
                  mode: str) -> tuple[Callable[[], None], Callable[[], np.ndarray]]:
     g = conv_geometry(x.shape, w.shape, _conv_attrs(pad))
@@ -220,9 +247,11 @@ def _clblast(dev: Device, a: np.ndarray, b: np.ndarray, trans_b: bool, repeat: i
     a_dev, b_dev = cla.to_device(queue, a), cla.to_device(queue, b)
     c_dev = cla.zeros(queue, (m, n), np.float32)
     if m == 1:  # y = B^T a for B stored K x N (row-major), y = B a for B stored N x K
+        rows, cols = (n, k) if trans_b else (k, n)  # B as stored: CLBlast's m x n matrix
+
         def run() -> None:
-            pyclblast.gemv(queue, n, k, b_dev, a_dev.reshape(k), c_dev.reshape(n),
-                           a_ld=k if trans_b else n, a_transp=not trans_b).wait()
+            pyclblast.gemv(queue, rows, cols, b_dev, a_dev.reshape(k), c_dev.reshape(n),
+                           a_ld=cols, a_transp=not trans_b).wait()
     else:
         def run() -> None:
             pyclblast.gemm(queue, m, n, k, a_dev, b_dev, c_dev, a_ld=k,
@@ -233,9 +262,12 @@ def _clblast(dev: Device, a: np.ndarray, b: np.ndarray, trans_b: bool, repeat: i
 
 
 def bench_case(dev: Device, case: Case, params_list: list[CpuGemmParams | None],
-               repeat: int, tune: TuneBudget | None = None) -> list[tuple[str, Timing, float]]:
+               repeat: int, tune: TuneBudget | None = None,
+               gemv_list: tuple[GemvParams, ...] = (DEFAULT_GEMV_PARAMS,)
+               ) -> list[tuple[str, Timing, float]]:
     """(label, (median, best) seconds, max abs error against numpy) for every path; with
-    `tune`, also ember tuned within that budget."""
+    `tune`, also ember tuned within that budget; for a one-row product, the GEMV with
+    each of `gemv_list`."""
     rng = np.random.default_rng(0)
     rows = []
     if case.conv is None:
@@ -284,6 +316,13 @@ def bench_case(dev: Device, case: Case, params_list: list[CpuGemmParams | None],
             if mode == "pointwise":
                 label = "gemm_cpu pointwise Y = W @ X (conv1x1_problem, default tiling)"
             rows.append((label, seconds, error))
+    for params in gemv_list if case.conv is None and case.m == 1 else ():
+        for packed in (True, False):
+            run, result = _gemv_runner(dev, *arrays, params, packed, case.trans_b)
+            seconds = _timed(run, repeat)
+            label = (f"gemv_cpu {'packed' if packed else 'direct'} vw={params.vw} "
+                     f"nv={params.nv} ku={params.ku} ppw={params.ppw} ksplit={params.ksplit}")
+            rows.append((label, seconds, float(np.abs(result() - expected).max())))
     return rows
 
 
@@ -316,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         params_list.append(CpuGemmParams(mr, vw, nv, ku, group_m))
     if args.sweep:
         params_list += list(cpu_gemm_candidates())
+    gemv_list = tuple(dict.fromkeys((DEFAULT_GEMV_PARAMS,
+                                     *(gemv_candidates() if args.sweep else ()))))
     wanted = set(args.cases.split(","))
     report: dict[str, object] = {"device": dev.dev.info.traits.name, "cases": []}
     for case in CASES:
@@ -327,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{case.name}: {shape}")
         tune = (None if args.tune is None else
                 TuneBudget(model_seconds=args.tune, kernel_seconds=args.tune))
-        rows = bench_case(dev, case, params_list, args.repeat, tune)
+        rows = bench_case(dev, case, params_list, args.repeat, tune, gemv_list)
         base = rows[0][1][0]
         print(f"  {'path':<62} {'GFLOP/s':>8} {'x numpy':>8} {'best':>7} {'max err':>9}")
         for label, (median, best), error in rows:

@@ -19,7 +19,7 @@ from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, ke
 from ember.codegen.render import broadcast_strides, c_literal, contiguous_strides, kernel_name, \
     render
 from ember.codegen.rows import index_type, lit
-from ember.codegen.tunables import params_for, tuning_key
+from ember.codegen.tunables import Checked, params_for, tuning_key
 from ember.ir import DType
 from ember.ir.ops.attention import AttentionGeometry, attention_geometry
 
@@ -34,7 +34,7 @@ VECTOR_WIDTHS = (1, 2, 4, 8, 16)  # OpenCL's vector sizes (3 is left out: its lo
 
 
 @dataclass(frozen=True)
-class AttentionParams:
+class AttentionParams(Checked):
     """Tunables of attention.cl.j2 (its header says what each one does). `vec` and `kblock`
     count float lanes: for float64 tensors the kernel uses half as many (same vector bytes)."""
 
@@ -57,10 +57,6 @@ class AttentionParams:
         ]
         return [reason for ok, reason in rules if not ok]
 
-    def validate(self, target: Target | None = None) -> None:
-        broken = self.violations(target)
-        if broken:
-            raise ValueError(f"{self} breaks: " + "; ".join(broken))
 
     def fitted(self, sq: int, sk: int) -> AttentionParams:
         """No more rows than Sq, no bigger key block than needed for Sk keys."""

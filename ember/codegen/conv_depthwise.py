@@ -38,6 +38,7 @@ from ember.codegen.elementwise import extensions_for
 from ember.codegen.epilogue import EpilogueCode
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.render import kernel_name, render
+from ember.codegen.tunables import Checked
 from ember.ir import DType
 from ember.ir.ops.linalg import ConvGeometry
 
@@ -52,7 +53,7 @@ _HEX = "0123456789abcdef"
 
 
 @dataclass(frozen=True)
-class DepthwiseParams:
+class DepthwiseParams(Checked):
     """Tunables of conv_depthwise.cl.j2 (its header says what each does).
 
     vw: lanes per vector before fitting (1, 2, 4, 8 or 16); nv: vectors per chunk (>= 1);
@@ -74,10 +75,6 @@ class DepthwiseParams:
         ]
         return [reason for ok, reason in rules if not ok]
 
-    def validate(self) -> None:
-        broken = self.violations()
-        if broken:
-            raise ValueError(f"{self} breaks: " + "; ".join(broken))
 
 
 # Measured best on the development machine (2 Zen 3 cores, AVX2, PoCL 3 / LLVM 14): 8 float
@@ -190,7 +187,7 @@ def plan_row(g: ConvGeometry, vw: int, nv: int) -> tuple[Segment, ...]:
 _LANE_ORDERS = {(2, 8, "float"): (0, 1, 4, 5, 2, 3, 6, 7)}
 
 
-class _TapCode:
+class TapCode:
     """C text of the taps: loads through under-aligned vector types, swizzles, zeros."""
 
     def __init__(self, name: str, dtype: DType, acc: str, vw: int, stride: int) -> None:
@@ -299,7 +296,7 @@ def depthwise_cpu_lowered(spec: NodeSpec, g: ConvGeometry, values: dict[str, Any
     epilogue: EpilogueCode = values["epilogue"]
     name = kernel_name("conv_dw_cpu", spec.inputs, spec.outputs, spec.attrs.key(), vw, nv, rows,
                        ky_loop)
-    code = _TapCode(name, dtype, acc, vw, g.strides[1])
+    code = TapCode(name, dtype, acc, vw, g.strides[1])
     segments = plan_row(g, vw, nv)
     kh, kw = g.kernel
     ih, iw = g.in_spatial

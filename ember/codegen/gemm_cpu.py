@@ -19,6 +19,11 @@ Interface (how a kernel builder uses it):
   prologue's variables); and `store`, a statement run once per in-range element with
   `value` (compute type), `gm`, `gn` and the prologue's variables in scope. The store may do
   anything at (gm, gn): add a bias, apply an activation, read a residual, write half.
+  Optionally `vstore`, the same for a vector: run instead of `store` in tiles wholly
+  inside the result, once per `store_width(params)` consecutive columns of a row, with
+  `vvalue` (a vector of that many lanes), `gm` and `gn` (its first column) in scope; it may
+  read and write vectors with EP_VLOAD(p) and EP_VSTORE(p, v) (epilogue.VLOAD/VSTORE).
+  Edge tiles keep the scalar `store`.
 - `render_cpu_gemm(problem, params, name)` gives the kernel source; `cpu_gemm_launch`
   its global and local sizes (M, N >= 1: a builder returns no launch for an empty output).
   K may be 0 (the result is then all zeros, through the store).
@@ -46,22 +51,24 @@ from typing import Literal
 import numpy as np
 
 from ember.codegen.render import broadcast_strides, contiguous_strides, render
+from ember.codegen.tunables import Checked
 from ember.ir import DType
-from ember.ir.ops.linalg import ConvGeometry, matmul_dims
+from ember.ir.ops.linalg import ConvGeometry, MatMulDims, matmul_dims
 
 __all__ = [
     "CpuGemmParams", "DEFAULT_CPU_GEMM_PARAMS", "GEMV_CPU_GEMM_PARAMS", "cpu_gemm_params",
     "cpu_gemm_candidates", "BOperand", "ConvGather", "CpuGemm", "render_cpu_gemm",
     "cpu_gemm_launch", "render_cpu_pack", "cpu_pack_launch", "pack_b", "packed_b_shape",
     "pack_conv_weight", "matmul_problem", "conv_problem", "PACK_ROWS", "is_pointwise",
-    "conv1x1_problem",
+    "conv1x1_problem", "store_width", "batch_prologue", "matmul_b_operand", "default_store",
+    "matmul_params",
 ]
 
 BLayout = Literal["rows", "cols", "packed"]
 
 
 @dataclass(frozen=True)
-class CpuGemmParams:
+class CpuGemmParams(Checked):
     """Tunables of gemm_cpu.cl.j2 (its header says what each one does)."""
 
     mr: int = 6
@@ -88,10 +95,6 @@ class CpuGemmParams:
         ]
         return [reason for ok, reason in rules if not ok]
 
-    def validate(self, itemsize: int = 4) -> None:
-        broken = self.violations(itemsize)
-        if broken:
-            raise ValueError(f"{self} breaks: " + "; ".join(broken))
 
     def fitted(self, m: int, n: int) -> CpuGemmParams:
         """The same kernel shape with the tile shrunk where the problem is smaller than a
@@ -107,7 +110,8 @@ class CpuGemmParams:
 # Measured on the development machine (2 Zen 3 cores, AVX2 = 16 vector registers, PoCL 3):
 # 6 x 16 tiles (12 accumulators, 2 B vectors, 1 broadcast) are the classic AVX2 shape and won.
 DEFAULT_CPU_GEMM_PARAMS = CpuGemmParams(mr=6, vw=8, nv=2, ku=1, group_m=0)
-# A GEMV (M = 1) is bound by streaming B: wide tiles of a single row.
+# This kernel on a single row (tests, benchmarks/bench_gemm.py; MatMuls with M = 1 take
+# gemv_cpu.py): bound by streaming B, so wide tiles.
 GEMV_CPU_GEMM_PARAMS = CpuGemmParams(mr=1, vw=16, nv=4, ku=1, group_m=0)
 
 
@@ -198,6 +202,7 @@ class CpuGemm:
     idx: str = "int"
     label: str = ""
     extensions: frozenset[str] = field(default=frozenset())
+    vstore: str | None = None
 
     def __post_init__(self) -> None:
         if (self.a_expr is None) == (self.conv is None):
@@ -230,6 +235,7 @@ def render_cpu_gemm(problem: CpuGemm, params: CpuGemmParams, name: str) -> str:
         }
     tiles_m = -(-problem.m // params.mr)
     band = tiles_m if params.group_m == 0 else min(params.group_m, tiles_m)
+    ew = store_width(params)
     return render(
         "gemm_cpu.cl.j2", kind="gemm", name=name, p=params, tiles_m=tiles_m, band=band,
         tiles_n=-(-problem.n // params.nr), m=problem.m, n=problem.n, k=problem.k,
@@ -237,7 +243,18 @@ def render_cpu_gemm(problem: CpuGemm, params: CpuGemmParams, name: str) -> str:
         a_mode="expr" if conv is None else "conv", a_expr=problem.a_expr, conv=conv_values,
         b=problem.b, store=problem.store, acc=problem.acc, idx=problem.idx,
         itemsize=itemsize, label=problem.label or f"{problem.m}x{problem.n}x{problem.k}",
+        vstore=problem.vstore if ew > 1 else None, ew=ew,
     )
+
+
+# Lanes of the vector store: one AVX2 register of float (the vector helpers of
+# kernels.HELPERS stop at float8).
+STORE_VECTOR_WIDTH = 8
+
+
+def store_width(params: CpuGemmParams) -> int:
+    """Lanes per vector of a `vstore` (a divisor of NR); 1 means no vector store."""
+    return min(params.vw, STORE_VECTOR_WIDTH)
 
 
 def cpu_gemm_launch(problem: CpuGemm, params: CpuGemmParams
@@ -301,22 +318,13 @@ def pack_conv_weight(w: np.ndarray, group: int, params: CpuGemmParams) -> np.nda
 
 
 # -- problems ---------------------------------------------------------------------------------
-def matmul_problem(a_shape: tuple[int, ...], b_shape: tuple[int, ...], dtype: DType,
-                   trans_a: int, trans_b: int, *, params: CpuGemmParams,
-                   packed_b: bool = False, store: str | None = None,
-                   extra_params: tuple[str, ...] = (), idx: str = "int") -> CpuGemm:
-    """The CpuGemm of MatMul(a, b) with kernel parameters (a, b, c, *extra_params).
-
-    `b_shape` is B's logical shape; with `packed_b` the kernel reads the array `pack_b(B,
-    params, trans=trans_b)` instead. `store` defaults to writing c at the output index;
-    a custom one may use `c_off` (that index) besides `value`, `gm` and `gn`."""
-    dims = matmul_dims(a_shape, b_shape, trans_a, trans_b)
+def batch_prologue(dims: MatMulDims, b_matrix: int, idx: str) -> str:
+    """C lines setting a_base, b_base and c_base for the work-item's `batch` index: the
+    batch axes where A or B broadcast (size 1) add nothing to its base. `b_matrix` is the
+    element count of one B matrix as stored (packed panels are padded)."""
     m, n, k = dims.m, dims.n, dims.k
-    ctype = dtype.cl_name
-    acc = "float" if dtype is DType.FLOAT16 else ctype
     a_strides = broadcast_strides(dims.a_batch, dims.batch)
     b_strides = broadcast_strides(dims.b_batch, dims.batch)
-    b_matrix = (-(-n // params.nr)) * k * params.nr if packed_b else k * n
     lines = [f"{idx} a_base = 0, b_base = 0;"]
     if any(size > 1 for size in dims.batch):
         lines.append(f"{idx} rest = batch;")
@@ -330,23 +338,54 @@ def matmul_problem(a_shape: tuple[int, ...], b_shape: tuple[int, ...], dtype: DT
             lines.append(f"  b_base += coord * {sb * b_matrix};")
         lines.append("}")
     lines.append(f"const {idx} c_base = batch * {m * n};")
+    return "\n".join(lines)
+
+
+def matmul_b_operand(ctype: str, k: int, n: int, packed: bool, trans_b: int) -> BOperand:
+    """How a MatMul kernel reads B: packed panels, or as stored (N x K with trans_b)."""
+    if packed:
+        return BOperand("b", "packed", ctype, "b_base")
+    return BOperand("b", "cols", ctype, "b_base", k) if trans_b else \
+        BOperand("b", "rows", ctype, "b_base", n)
+
+
+def default_store(dtype: DType) -> str:
+    """Writing `value` at `c_off` of c (half through vstore_half)."""
+    return "vstore_half(value, c_off, c);" if dtype is DType.FLOAT16 else "c[c_off] = value;"
+
+
+def matmul_params(dtype: DType, extra_params: tuple[str, ...]) -> tuple[str, ...]:
+    """The parameter list (a, b, c, *extra_params) of a MatMul kernel."""
+    ctype = dtype.cl_name
+    return (f"__global const {ctype}* restrict a", f"__global const {ctype}* restrict b",
+            f"__global {ctype}* restrict c", *extra_params)
+
+
+def matmul_problem(a_shape: tuple[int, ...], b_shape: tuple[int, ...], dtype: DType,
+                   trans_a: int, trans_b: int, *, params: CpuGemmParams,
+                   packed_b: bool = False, store: str | None = None,
+                   extra_params: tuple[str, ...] = (), idx: str = "int",
+                   vstore: str | None = None) -> CpuGemm:
+    """The CpuGemm of MatMul(a, b) with kernel parameters (a, b, c, *extra_params).
+
+    `b_shape` is B's logical shape; with `packed_b` the kernel reads the array `pack_b(B,
+    params, trans=trans_b)` instead. `store` defaults to writing c at the output index;
+    a custom one may use `c_off` (that index) besides `value`, `gm` and `gn`, and so may a
+    `vstore` (lanes along n: c_off + l)."""
+    dims = matmul_dims(a_shape, b_shape, trans_a, trans_b)
+    m, n, k = dims.m, dims.n, dims.k
+    ctype = dtype.cl_name
+    acc = "float" if dtype is DType.FLOAT16 else ctype
+    b_matrix = (-(-n // params.nr)) * k * params.nr if packed_b else k * n
     a_off = f"a_base + gk * {m} + gm" if trans_a else f"a_base + gm * {k} + gk"
     a_expr = f"vload_half({a_off}, a)" if dtype is DType.FLOAT16 else f"a[{a_off}]"
-    if packed_b:
-        b = BOperand("b", "packed", ctype, "b_base")
-    elif trans_b:
-        b = BOperand("b", "cols", ctype, "b_base", k)
-    else:
-        b = BOperand("b", "rows", ctype, "b_base", n)
     c_off = f"const {idx} c_off = c_base + gm * {n} + gn;"
-    if store is None:
-        store = ("vstore_half(value, c_off, c);" if dtype is DType.FLOAT16
-                 else "c[c_off] = value;")
-    decls = (f"__global const {ctype}* restrict a", f"__global const {ctype}* restrict b",
-             f"__global {ctype}* restrict c", *extra_params)
+    store = store if store is not None else default_store(dtype)
     return CpuGemm(
-        m=m, n=n, k=k, batches=dims.batch_size, params=decls, b=b, store=c_off + "\n" + store,
-        a_expr=a_expr, prologue="\n".join(lines), acc=acc, idx=idx,
+        m=m, n=n, k=k, batches=dims.batch_size, params=matmul_params(dtype, extra_params),
+        b=matmul_b_operand(ctype, k, n, packed_b, trans_b), store=c_off + "\n" + store,
+        a_expr=a_expr, prologue=batch_prologue(dims, b_matrix, idx), acc=acc, idx=idx,
+        vstore=None if vstore is None else c_off + "\n" + vstore,
         label=f"MatMul {tuple(a_shape)}{'^T' if trans_a else ''} x "
               f"{tuple(b_shape)}{'^T' if trans_b else ''} {dtype}"
               + (" (B packed)" if packed_b else ""),
@@ -355,12 +394,14 @@ def matmul_problem(a_shape: tuple[int, ...], b_shape: tuple[int, ...], dtype: DT
 
 def conv_problem(g: ConvGeometry, dtype: DType, *, params: CpuGemmParams,
                  packed_w: bool = False, has_bias: bool = False, store: str | None = None,
-                 extra_params: tuple[str, ...] = (), idx: str = "int") -> CpuGemm:
+                 extra_params: tuple[str, ...] = (), idx: str = "int",
+                 vstore: str | None = None) -> CpuGemm:
     """The CpuGemm of Conv(x, w[, bias]) with kernel parameters (x, w, [bias,] y,
     *extra_params): per (image, group) batch, M = output pixels, N = output channels of the
     group, K = kernel positions x input channels of the group. With `packed_w` the kernel
     reads `pack_conv_weight(W, group, params)` instead of W. A custom `store` may use
-    `y_off` (the output index) and `oc` (the output channel) besides `value`, `gm`, `gn`."""
+    `y_off` (the output index) and `oc` (the output channel) besides `value`, `gm`, `gn`, and
+    so may a `vstore` (lanes along output channels: y_off + l * pixels, oc + l)."""
     ctype = dtype.cl_name
     acc = "float" if dtype is DType.FLOAT16 else ctype
     cig, cog = g.cin_per_group, g.cout_per_group
@@ -386,6 +427,7 @@ def conv_problem(g: ConvGeometry, dtype: DType, *, params: CpuGemmParams,
     return CpuGemm(
         m=out_size, n=cog, k=kdim, batches=g.batch * g.group, params=tuple(decls), b=b,
         store=head + store, conv=gather, prologue=prologue, acc=acc, idx=idx,
+        vstore=None if vstore is None else head + vstore,
         label=f"Conv x{(g.batch, g.in_channels, *g.in_spatial)} kernel {g.kernel} -> "
               f"{g.out_shape} group {g.group} {dtype}" + (" (W packed)" if packed_w else ""),
     )
@@ -418,13 +460,14 @@ def is_pointwise(g: ConvGeometry) -> bool:
 
 def conv1x1_problem(g: ConvGeometry, dtype: DType, *, has_bias: bool = False,
                     store: str | None = None, extra_params: tuple[str, ...] = (),
-                    idx: str = "int") -> CpuGemm:
+                    idx: str = "int", vstore: str | None = None) -> CpuGemm:
     """The CpuGemm of a pointwise Conv (`is_pointwise`) as the plain product Y = W @ X per
     (image, group) batch: M = output channels of the group (W rows read as scalars),
     N = pixels (X rows, contiguous: vector loads, nothing to pack), K = input channels of the
     group. Kernel parameters (x, w, [bias,] y, *extra_params), as `conv_problem`'s; a
-    custom `store` may use `y_off` and `oc` as there. Measured as fast as `conv_problem`
-    with packed W on 1x1 convs, without packing."""
+    custom `store` may use `y_off` and `oc` as there (a `vstore`'s lanes run along pixels:
+    y_off + l, one oc). Measured as fast as `conv_problem` with packed W on 1x1 convs,
+    without packing."""
     if not is_pointwise(g):
         raise ValueError(f"conv1x1_problem needs a 1x1 conv without stride or pads, got {g}")
     ctype = dtype.cl_name
@@ -445,7 +488,7 @@ def conv1x1_problem(g: ConvGeometry, dtype: DType, *, has_bias: bool = False,
         b=BOperand("x", "rows", ctype, f"(img * {g.in_channels} + grp * {cig}) * {pixels}",
                    pixels),
         store=head + store, a_expr=_load(dtype, "w", f"w_base + gm * {cig} + gk"),
-        prologue=prologue,
+        prologue=prologue, vstore=None if vstore is None else head + vstore,
         acc=acc, idx=idx,
         label=f"pointwise Conv x{(g.batch, g.in_channels, *g.in_spatial)} -> {g.out_shape} "
               f"group {g.group} {dtype}",

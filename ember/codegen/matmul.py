@@ -14,14 +14,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from ember.codegen.elementwise import compute_type, extensions_for, load_expr, store_stmt
+from ember.codegen.elementwise import compute_type, extensions_for, load_expr
 from ember.codegen.epilogue import EpilogueCode, epilogue_code
 from ember.codegen.families import Target
 from ember.codegen.gemm_cpu import (
-    cpu_gemm_launch, matmul_problem, pack_b, render_cpu_gemm,
+    cpu_gemm_launch, matmul_problem, pack_b, render_cpu_gemm, store_width,
 )
+from ember.codegen.gemv_cpu import gemv_applies, matmul_gemv
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
-from ember.codegen.tunables import params_for, tuning_key
+from ember.codegen.tunables import Checked, params_for, tuning_key
 from ember.codegen.render import broadcast_strides, kernel_name, render
 from ember.ir import DType, TensorType
 from ember.ir.ops.linalg import matmul_dims
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GemmParams:
+class GemmParams(Checked):
     """Tunables of tiled_gemm.cl.j2 (see its header for what each one does)."""
 
     tile_m: int
@@ -79,10 +80,6 @@ class GemmParams:
         ]
         return [reason for ok, reason in rules if not ok]
 
-    def validate(self, target: Target, itemsize: int = 4) -> None:
-        broken = self.violations(target, itemsize)
-        if broken:
-            raise ValueError(f"{self} breaks: " + "; ".join(broken))
 
     def fitted(self, m: int, n: int, k: int) -> GemmParams:
         """The same tiling with tiles halved along dimensions shorter than half a tile, so
@@ -199,15 +196,20 @@ def cpu_matmul(spec: NodeSpec, epilogue: EpilogueCode, idx: str, target: Target)
     out = spec.outputs[0]
     trans_a, trans_b = spec.attrs["trans_a"], spec.attrs["trans_b"]
     dims = matmul_dims(a.shape, b.shape, trans_a, trans_b)
-    lookup = params_for("gemv_cpu" if dims.m == 1 else "gemm_cpu", tuning_key(spec), target,
+    if gemv_applies(spec):  # one row, or a few: B streamed in panels (gemv_cpu.py)
+        return matmul_gemv(spec, epilogue, idx, target)
+    lookup = params_for("gemm_cpu", tuning_key(spec), target,
                         8 if a.dtype is DType.FLOAT64 else 4)
     params = lookup.params.fitted(dims.m, dims.n)
     # A constant B is packed once, at compile time, into panels read with aligned vector
-    # loads (2-5x faster than strided rows); a GEMV streams B once and gains nothing.
-    pack = 1 in spec.packable and dims.m > 1
+    # loads (2-5x faster than strided rows).
+    pack = 1 in spec.packable
+    # full tiles store vectors of columns: along the output's last axis, contiguous
+    vstore = epilogue.vector_store("c", "c_off", "vvalue", store_width(params), 1,
+                                   (len(out.shape) - 1,)) if b.rank > 1 else None
     problem = matmul_problem(a.shape, b.shape, a.dtype, trans_a, trans_b, params=params,
                              packed_b=pack, store=epilogue.store("c", "c_off", "value"),
-                             extra_params=epilogue.declarations, idx=idx)
+                             extra_params=epilogue.declarations, idx=idx, vstore=vstore)
     name = kernel_name("matmul_cpu", spec.inputs, out, spec.attrs.key(), params, pack)
     source = render_cpu_gemm(problem, params, name)
     kernel = Kernel(name, source, extensions_for([a.dtype, out.dtype]))

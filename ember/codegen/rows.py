@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ember.codegen.elementwise import compute_type, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec
-from ember.codegen.tunables import Lookup, params_for, tuning_key
+from ember.codegen.tunables import Checked, Lookup, params_for, tuning_key
 from ember.ir import DType
 
 __all__ = [
@@ -29,7 +29,7 @@ MAX_LOCAL = 256  # the largest work-group a row kernel asks for
 
 
 @dataclass(frozen=True)
-class RowParams:
+class RowParams(Checked):
     """Tunables of a row kernel."""
 
     local: int  # work-items per row: 1, or a power of two
@@ -47,11 +47,6 @@ class RowParams:
                        f"local memory {target.traits.local_mem_bytes}")
         return bad
 
-    def validate(self, target: Target, acc_bytes: int) -> None:
-        """Raise ValueError naming the constraints a value breaks."""
-        broken = self.violations(target, acc_bytes)
-        if broken:
-            raise ValueError("; ".join(broken))
 
     @property
     def steps(self) -> tuple[int, ...]:

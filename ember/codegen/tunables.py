@@ -1,12 +1,13 @@
 """Where each kernel's tunables come from.
 
-Each kernel kind ("gemm": the local-memory tiled GEMM; "gemm_cpu" / "gemv_cpu": the
-register-tiled CPU GEMM for M > 1 / M = 1; "rows": softmax and the norms, work-items per
-row; "attention": the fused attention kernel) has a `ParamKind` in `param_kinds()`: defaults per
-level, a search space (values per axis) and named rules. `params_for(kind, key, target)`
-answers from the first level that has a legal set: device (tuned on this very device: the
-target's TuningTable, filled from the TuningDB) -> arch (chip architecture, e.g. gfx803,
-sm_86) -> family -> vendor -> generic, and says which level answered (`Lookup`).
+Each kernel kind ("gemm": the local-memory tiled GEMM; "gemm_cpu": the register-tiled CPU
+GEMM; "gemv_cpu": the CPU GEMV of gemv_cpu.py, for M = 1; "rows": softmax and the norms,
+work-items per row; "attention": the fused attention kernel) has a `ParamKind` in
+`param_kinds()`: defaults per level, a search space (values per axis) and named rules.
+`params_for(kind, key, target)` answers from the first level that has a legal set: device
+(tuned on this very device: the target's TuningTable, filled from the TuningDB) -> arch
+(chip architecture, e.g. gfx803, sm_86) -> family -> vendor -> generic, and says which
+level answered (`Lookup`).
 `tuning_key` names a kernel's problem for the TuningDB.
 """
 
@@ -25,7 +26,7 @@ from typing import Any
 from ember.codegen.families import Target
 
 __all__ = [
-    "Lookup", "LEVELS", "ParamKind", "Rule", "SearchSpace", "param_kinds", "params_for",
+    "Checked", "Lookup", "LEVELS", "ParamKind", "Rule", "SearchSpace", "param_kinds", "params_for",
     "search_space", "tuning_key", "tunable_spec", "TUNABLE_OPS", "ROW_OPS",
 ]
 
@@ -36,6 +37,16 @@ LEVELS = ("device", "arch", "family", "vendor", "generic")
 
 
 # -- tunables -------------------------------------------------------------------------------
+class Checked:
+    """Base of every kernel's tunables dataclass: its `violations(...)` names each constraint
+    a set breaks; `validate(...)` (same arguments) raises them, for builders given a set."""
+
+    def validate(self, *args: Any) -> None:
+        broken = self.violations(*args)  # type: ignore[attr-defined]
+        if broken:
+            raise ValueError(f"{self} breaks: " + "; ".join(broken))
+
+
 @dataclass(frozen=True)
 class Rule:
     """A named constraint a kind adds to its params' own (`violations()`)."""
@@ -151,13 +162,23 @@ def _cpu_rules() -> tuple[Rule, ...]:
                  "spill (two registers stay for a B vector and a broadcast)", fits),)
 
 
+def _gemv_rules() -> tuple[Rule, ...]:
+    def fits(p: Any, t: Target) -> bool:
+        lanes = t.traits.preferred_vector_width
+        if lanes < 4:  # not reported: nothing to check against
+            return True
+        return p.nv * math.ceil(p.vw / lanes) <= _vector_registers(t) - 2
+
+    return (Rule("nv * ceil(vw / lanes) <= vector registers - 2: a row's accumulators must not "
+                 "spill (two registers stay for a B vector and a broadcast)", fits),)
+
+
 @functools.cache
 def param_kinds() -> Mapping[str, ParamKind]:
     """The registry of tunable kernel kinds."""
     # Imported here: these kernel modules import Target from this one.
-    from ember.codegen.gemm_cpu import (
-        DEFAULT_CPU_GEMM_PARAMS, GEMV_CPU_GEMM_PARAMS, CpuGemmParams,
-    )
+    from ember.codegen.gemm_cpu import DEFAULT_CPU_GEMM_PARAMS, CpuGemmParams
+    from ember.codegen.gemv_cpu import DEFAULT_GEMV_PARAMS, GemvParams
     from ember.codegen.matmul import DEFAULT_GEMM_PARAMS, GemmParams
 
     family_gemm = {k: v for k, v in DEFAULT_GEMM_PARAMS.items() if k not in ("gpu", "generic")}
@@ -199,13 +220,14 @@ def param_kinds() -> Mapping[str, ParamKind]:
               ("ku", (1, 2, 4)), ("group_m", (0, 1, 4, 16))),
         own=cpu_own, rules=_cpu_rules(),
     )
+    small_gemv = GemvParams(vw=4, nv=4)  # 4 accumulators: fits SSE, and doubles
     gemv_cpu = ParamKind(
-        "gemv_cpu", CpuGemmParams,
-        defaults={"family": {"cpu": GEMV_CPU_GEMM_PARAMS},
-                  "generic": {"gpu": replace(small, mr=1), "other": replace(small, mr=1)}},
-        axes=(("mr", (1,)), ("vw", (4, 8, 16)), ("nv", (1, 2, 4, 8)), ("ku", (1, 2, 4, 8)),
-              ("group_m", (0,))),
-        own=cpu_own, rules=_cpu_rules(),
+        "gemv_cpu", GemvParams,
+        defaults={"family": {"cpu": DEFAULT_GEMV_PARAMS},
+                  "generic": {"gpu": small_gemv, "other": small_gemv}},
+        axes=(("vw", (4, 8, 16)), ("nv", (1, 2, 4, 8)), ("ku", (1, 2, 4)), ("ppw", (1, 2, 4, 8)),
+              ("ksplit", (1, 2, 4, 8))),
+        own=cpu_own, rules=_gemv_rules(),
     )
     # Row kernels' real default is a rule over the shape (rows.choose_row_params, which
     # row_params_for applies); these generic sets only answer `ember info`.

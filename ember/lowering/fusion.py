@@ -10,7 +10,13 @@ nodes becomes one `FusedElementwise` node, with one output per value used outsid
 
 `FuseEpilogues` then absorbs into a MatMul / Conv the elementwise node (plain or fused) that
 is the only user of its result and keeps its shape: bias, activation, residual Add, scaling
-all run in the product's kernel, before its store. It repeats until nothing more fits.
+all run in the product's kernel, before its store. It repeats until nothing more fits. It
+sees through views: when the product's only user is a Reshape (Flatten, Squeeze and
+Unsqueeze import as Reshape), or a chain of them, whose only user is such a node, it computes
+unary(reshape(x)) as reshape(unary(x)), the reshape staying a free view after the fused
+kernel. The node's other inputs must then have the same values at the product's
+coordinates: scalars, tensors of the view's shape (read through a reshape of their own,
+also a view), or broadcasts over trailing axes that the reshape leaves alone (a bias).
 
 Both passes fuse only what the target can run as one kernel (`ctx.supports`): without a
 device nothing is fused, since the numpy executor gains nothing from it.
@@ -18,9 +24,11 @@ device nothing is fused, since the numpy executor gains nothing from it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import networkx as nx
+import numpy as np
 
 from ember.ir import OPS, Graph, Value
 from ember.ir.ops.fused import ExprNode, FusedExpr, epilogue_inputs
@@ -169,16 +177,20 @@ class FuseEpilogues:
 
     @staticmethod
     def _absorb(graph: Graph, ctx: PassContext, node: int) -> int | None:
-        """Fold the only user of `node`'s result into its epilogue; the new node, or None."""
+        """Fold the only user of `node`'s result (maybe behind a view) into its epilogue;
+        the new node, or None."""
         result = Value(node, 0)
-        users = {use.node for use in graph.users_of(result)}
-        if graph.is_output(result) or len(users) != 1:
+        user = _only_user(graph, result)
+        views: list[int] = []  # a chain of views between the product and the user
+        while user is not None and graph.op(user) == "Reshape":
+            views.append(user)
+            user = _only_user(graph, Value(user, 0))
+        if user is None or not _is_elementwise(graph, user) \
+                or len(graph.output_types(user)) != 1:
             return None
-        user = users.pop()
-        if not _is_elementwise(graph, user) or len(graph.output_types(user)) != 1:
-            return None
+        seen = Value(views[-1], 0) if views else result  # what the user reads
         out = graph.output_types(user)[0]
-        if out.shape != graph.type_of(result).shape or out.dtype != graph.dtype_of(result):
+        if out.shape != graph.type_of(seen).shape or out.dtype != graph.dtype_of(result):
             return None  # the kernel stores the product's shape and dtype
         attrs = graph.attrs(node)
         current: FusedExpr | None = attrs["epilogue"]
@@ -189,10 +201,19 @@ class FuseEpilogues:
             current = FusedExpr(1, (), (0,))
         user_expr = _as_expr(graph, user)
         user_args: list[int] = []
+        at_product: dict[Value, Value] = {}  # behind views: inputs as read at the product
         for value in graph.inputs_of(user):
-            if value == result:
+            if value == seen:
                 user_args.append(-1)  # the product (after the current epilogue)
                 continue
+            if views:
+                if value not in at_product:
+                    at = _at_product(graph, value, out.shape, graph.type_of(result).shape)
+                    if at is None:
+                        _remove_new_views(graph, at_product)
+                        return None
+                    at_product[value] = at
+                value = at_product[value]
             if value not in extras:
                 extras.append(value)
             user_args.append(extras.index(value) + 1)
@@ -217,11 +238,59 @@ class FuseEpilogues:
         new = _try_node(graph, ctx, graph.op(node), [*inputs[:n_base], *extras],
                         dict(attrs.replace(epilogue=epilogue)), graph.node_name(user))
         if new is None:
+            _remove_new_views(graph, at_product)
             return None
-        graph.replace_all_uses(Value(user, 0), Value(new, 0))
+        fused = Value(new, 0)
+        if views:  # one view of the chain's shape, now after the fused product
+            fused = graph.add("Reshape", fused, shape=out.shape,
+                              name=graph.node_name(views[-1]))
+        graph.replace_all_uses(Value(user, 0), fused)
         graph.remove_node(user)
+        for view in reversed(views):
+            graph.remove_node(view)
         graph.remove_node(node)
         return new
+
+
+def _only_user(graph: Graph, value: Value) -> int | None:
+    """The one node reading `value` (not a graph output), else None."""
+    users = {use.node for use in graph.users_of(value)}
+    if graph.is_output(value) or len(users) != 1:
+        return None
+    return users.pop()
+
+
+def _remove_new_views(graph: Graph, moved: dict[Value, Value]) -> None:
+    """Undo the nodes `_at_product` added (fusion did not happen)."""
+    for value, at in moved.items():
+        if at != value:
+            graph.remove_node(at.node)
+
+
+def _at_product(graph: Graph, value: Value, view_shape: tuple[int, ...],
+                product_shape: tuple[int, ...]) -> Value | None:
+    """`value`, an input broadcast to `view_shape` (a reshape of the product), as an input
+    that gives each product element the same value when broadcast to `product_shape`; a new
+    Reshape (a view) where its shape must change; None when no such input exists."""
+    shape = graph.type_of(value).shape
+    if math.prod(shape) == 1:  # a scalar: any element, at rank 0 when ranks would grow
+        return value if len(shape) <= len(product_shape) else _reshaped(graph, value, ())
+    if shape == view_shape:
+        return _reshaped(graph, value, product_shape)
+    trailing = shape[next(i for i, d in enumerate(shape) if d != 1):]
+    rank = len(trailing)
+    # the reshape keeps the last `rank` axes iff the view and the product end alike
+    if rank > len(product_shape) or view_shape[-rank:] != product_shape[-rank:]:
+        return None
+    return value if shape == trailing else _reshaped(graph, value, trailing)
+
+
+def _reshaped(graph: Graph, value: Value, shape: tuple[int, ...]) -> Value:
+    """`value` in another shape: a new constant for a constant, else a Reshape (a view)."""
+    constant = graph.constant_value(value)
+    if constant is not None:
+        return graph.add_constant(np.reshape(constant, shape))
+    return graph.add("Reshape", value, shape=shape)
 
 
 # -- transposes -------------------------------------------------------------------------------

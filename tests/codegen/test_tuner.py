@@ -17,6 +17,7 @@ import pytest
 
 import ember
 from ember.codegen.gemm_cpu import CpuGemmParams, cpu_gemm_candidates
+from ember.codegen.gemv_cpu import GemvParams, gemv_candidates
 from ember.codegen.kernels import Kernel, Lowered, NodeSpec, lower
 from ember.codegen.matmul import GemmParams
 from ember.codegen.tunables import param_kinds, search_space
@@ -24,7 +25,6 @@ from ember.codegen.tuner import TuneBudget, Tuner
 from ember.codegen.tuning_db import TuningDB
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, DType, TensorType
-from ember.runtime.device import resolve_target
 from tests.harness import assert_close
 
 pytestmark = pytest.mark.opencl
@@ -33,15 +33,6 @@ F32 = DType.FLOAT32
 QUICK = TuneBudget(repeats=1, warmup=0, rotate_bytes=0)
 
 
-@pytest.fixture(scope="module")
-def device(opencl_target):
-    return resolve_target(opencl_target)
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
-    return tmp_path
 
 
 def matmul(a_shape, b_shape, dtype=F32, *, trans_b=0, packed=True) -> NodeSpec:
@@ -59,10 +50,10 @@ def conv(x_shape, w_shape, op="Conv", **attrs) -> NodeSpec:
 
 
 CPU_CASES = {  # each spans several tiles of every candidate, none a multiple of one
-    "gemv": matmul((1, 13), (13, 37)),
     "primes_trans_b": matmul((17, 31), (19, 31), trans_b=1),
     "batched_unpacked": matmul((2, 5, 7), (2, 7, 11), packed=False),
-    "conv_stride_pad": conv((1, 3, 11, 13), (5, 3, 3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
+    # 6 input channels: 3 would take conv_rows.py's direct kernel, which has no GEMM tunables
+    "conv_stride_pad": conv((1, 6, 11, 13), (5, 6, 3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),
 }
 
 
@@ -86,11 +77,45 @@ def test_every_cpu_candidate_is_correct_on_odd_shapes(case, device):
 
 def test_illegal_candidates_are_refused_with_the_rule(device):
     huge = CpuGemmParams(mr=8, vw=16, nv=4)  # 8 x 64 accumulators: breaks the register rules
-    result = Tuner(device, None, QUICK, progress=False).tune(CPU_CASES["gemv"],
+    result = Tuner(device, None, QUICK, progress=False).tune(CPU_CASES["primes_trans_b"],
                                                              candidates=[huge])
     (trial,) = [t for t in result.trials if t.params == huge]
     assert trial.seconds is None and "illegal here" in trial.error
     assert "accumulators" in trial.error
+    wide = GemvParams(vw=16, nv=16)  # 16 vectors of 16 lanes: more than any register file
+    result = Tuner(device, None, QUICK, progress=False).tune(GEMV_CASES["rows_unpacked"],
+                                                             candidates=[wide])
+    (trial,) = [t for t in result.trials if t.params == wide]
+    assert trial.seconds is None and "accumulators" in trial.error
+
+
+GEMV_CASES = {  # N and K of 1, primes, none a multiple of a panel, an unroll or a K part
+    "packed": matmul((1, 67), (67, 37)),
+    "rows_unpacked": matmul((1, 13), (13, 37), packed=False),
+    "trans_b_packed": matmul((1, 31), (29, 31), trans_b=1),
+    "trans_b_unpacked": matmul((1, 71), (3, 71), trans_b=1, packed=False),
+    "batch_rows_k1": matmul((3, 1, 1), (1, 131)),  # single rows folded into 3 rows
+    "batched_n1_unpacked": matmul((2, 1, 37), (2, 37, 1), packed=False),
+    "few_rows_trans_b": matmul((4, 43), (19, 43), trans_b=1, packed=False),
+}
+
+
+def legal_gemv_candidates(device) -> list[GemvParams]:
+    rules = param_kinds()["gemv_cpu"]
+    return [p for p in gemv_candidates() if not rules.violations(p, device.target)]
+
+
+@pytest.mark.parametrize("case", list(GEMV_CASES))
+def test_every_gemv_candidate_is_correct_on_odd_shapes(case, device):
+    """The GEMV's candidates through the tuner, as ember tune drives them (the tests in
+    tests/ops/test_gemv_cpu.py run the same set on more shapes)."""
+    candidates = legal_gemv_candidates(device)
+    result = Tuner(device, None, QUICK, progress=False).tune(GEMV_CASES[case],
+                                                             candidates=candidates)
+    assert result.kind == "gemv_cpu" and result.exhausted
+    assert {t.params for t in result.trials} >= set(candidates)
+    assert not result.rejected, [(t.params, t.error) for t in result.rejected]
+    assert result.best is not None
 
 
 GEMM_CANDIDATES = (GemmParams(8, 8, 8, 1, 1, 0), GemmParams(16, 16, 8, 2, 4, 1),

@@ -24,11 +24,6 @@ OTHER_CPU = DeviceTraits("pthread-other CPU", "GenuineIntel", "OpenCL 3.0 PoCL",
 KEY = "MatMul float32[17,31] float32[31,19] trans_a=0 trans_b=0 packed=1"
 
 
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
 
 def target() -> Target:
     return Target.of(CPU)

@@ -1,5 +1,6 @@
-"""Tuning the row kernels (softmax and the norms, kind "rows"): every candidate computes
-the reference on odd shapes, and a tuned LOCAL reaches the kernel at opt_level 3."""
+"""Tuning the row kernels (softmax and the norms, kind "rows") and the attention kernel:
+every candidate computes the reference on odd shapes, and a tuned set reaches the kernel at
+opt_level 3. (The GEMM and GEMV kinds: test_tuner.py.)"""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from ember.codegen.tuner import TuneBudget, Tuner
 from ember.codegen.tuning_db import TuningDB
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, DType, TensorType
-from ember.runtime.device import resolve_target
 from tests.harness import assert_close
 
 pytestmark = pytest.mark.opencl
@@ -23,15 +23,6 @@ F32 = DType.FLOAT32
 QUICK = TuneBudget(repeats=1, warmup=0, rotate_bytes=0)
 
 
-@pytest.fixture(scope="module")
-def device(opencl_target):
-    return resolve_target(opencl_target)
-
-
-@pytest.fixture(autouse=True)
-def cache_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
-    return tmp_path
 
 
 def row_spec(op: str, shapes: list[tuple[int, ...]], **attrs) -> NodeSpec:
