@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -29,8 +30,8 @@ from ember.codegen.gemm_cpu import (
 from ember.codegen.gemv_cpu import conv_gemv, conv_gemv_ok
 from ember.codegen.kernels import IN, OUT, Kernel, Launch, Lowered, NodeSpec, kernel_builder
 from ember.codegen.matmul import gemm_launch, gemm_params, index_type
-from ember.codegen.tunables import Lookup, params_for, tuning_key
 from ember.codegen.render import contiguous_strides, kernel_name, render
+from ember.codegen.tunables import Lookup, params_for, tuning_key
 from ember.ir import DType
 from ember.ir.ops.fused import epilogue_inputs
 from ember.ir.ops.linalg import ConvGeometry, conv_geometry
@@ -131,20 +132,30 @@ def build_conv(spec: NodeSpec, target: Target) -> Lowered | None:
         return Lowered(())
     if g.cin_per_group == 1:
         if target.family.name == "cpu":
-            values = _common(spec, g)
-            lowered = depthwise_cpu_lowered(spec, g, values) if values is not None else None
+            lowered = _tuned(depthwise_cpu_lowered, "depthwise", spec, g, target)
             if lowered is not None:
                 return lowered
         return _direct_lowered(spec, g)
     x, out = spec.inputs[0], spec.outputs[0]
     if target.family.name == "cpu" and conv_rows_supported(g) and x.dtype.is_float:
-        values = _common(spec, g)
-        lowered = conv_rows_lowered(spec, g, values) if values is not None else None
+        lowered = _tuned(conv_rows_lowered, "conv_rows", spec, g, target)
         if lowered is not None:
             return lowered
     if target.family.name == "cpu" and x.dtype.is_float and out.dtype is x.dtype:
         return _cpu_lowered(spec, g, target)
     return _gemm_lowered("conv", "conv.cl.j2", spec, g, target)
+
+
+def _tuned(strategy: Callable[..., Lowered | None], kind: str, spec: NodeSpec,
+           g: ConvGeometry, target: Target) -> Lowered | None:
+    """A CPU conv strategy (depthwise, conv_rows) with the parameters of its `kind`: tuned
+    on this device, else the default; None where the strategy does not apply."""
+    values = _common(spec, g)
+    if values is None:
+        return None
+    lookup = params_for(kind, tuning_key(spec), target)
+    lowered = strategy(spec, g, values, lookup.params)
+    return None if lowered is None else replace(lowered, tuning=lookup)
 
 
 def _cpu_gemm_lookup(spec: NodeSpec, target: Target) -> Lookup:

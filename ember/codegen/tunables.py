@@ -2,7 +2,8 @@
 
 Each kernel kind ("gemm": the local-memory tiled GEMM; "gemm_cpu": the register-tiled CPU
 GEMM; "gemv_cpu": the CPU GEMV of gemv_cpu.py, for M = 1; "rows": softmax and the norms,
-work-items per row; "attention": the fused attention kernel) has a `ParamKind` in
+work-items per row; "attention": the fused attention kernel; "depthwise" and "conv_rows":
+the CPU convolutions of conv_depthwise.py and conv_rows.py) has a `ParamKind` in
 `param_kinds()`: defaults per level, a search space (values per axis) and named rules.
 `params_for(kind, key, target)` answers from the first level that has a legal set: device
 (tuned on this very device: the target's TuningTable, filled from the TuningDB) -> arch
@@ -151,6 +152,19 @@ def _vector_registers(target: Target) -> int:
     return 32 if lanes >= 16 or target.family.vendor == "arm" else 16
 
 
+def _accumulators_fit(what: str, vectors: Callable[[Any], int]) -> Rule:
+    """A conv kernel's `what` accumulator vectors (of vw lanes) fit the vector registers,
+    two left for an input vector and a broadcast weight."""
+    def fits(p: Any, t: Target) -> bool:
+        lanes = t.traits.preferred_vector_width
+        if lanes < 4:  # not reported: nothing to check against
+            return True
+        return vectors(p) * math.ceil(p.vw / lanes) <= _vector_registers(t) - 2
+
+    return Rule(f"{what} * ceil(vw / lanes) <= vector registers - 2: accumulators must not "
+                "spill", fits)
+
+
 def _cpu_rules() -> tuple[Rule, ...]:
     def fits(p: Any, t: Target) -> bool:
         lanes = t.traits.preferred_vector_width
@@ -256,7 +270,25 @@ def param_kinds() -> Mapping[str, ParamKind]:
                Rule("local % simd_width == 0 on GPUs: whole warps / wavefronts per group",
                     lambda p, t: not t.family.is_gpu or p.local % t.simd_width == 0)),
     )
-    return {k.name: k for k in (gemm, gemm_cpu, gemv_cpu, rows, attention)}
+    from ember.codegen.conv_depthwise import DEFAULT_DEPTHWISE_PARAMS, DepthwiseParams
+    from ember.codegen.conv_rows import DEFAULT_CONV_ROWS_PARAMS, ConvRowsParams
+
+    plain_own: Callable[[Any, Target, int], list[str]] = lambda p, t, itemsize: p.violations()
+    depthwise = ParamKind(
+        "depthwise", DepthwiseParams,
+        defaults={"generic": dict.fromkeys(("gpu", "other"), DEFAULT_DEPTHWISE_PARAMS)},
+        axes=(("vw", (4, 8, 16)), ("nv", (1, 2, 4, 6)), ("rows", (0, 1, 4)),
+              ("unroll_ky", (0, 3, 7))),
+        own=plain_own, rules=(_accumulators_fit("nv", lambda p: p.nv),),
+    )
+    conv_rows = ParamKind(
+        "conv_rows", ConvRowsParams,
+        defaults={"generic": dict.fromkeys(("gpu", "other"), DEFAULT_CONV_ROWS_PARAMS)},
+        axes=(("vw", (4, 8, 16)), ("nv", (1, 2, 3, 4)), ("ocb", (1, 2, 4, 8)), ("rows", (0, 1))),
+        own=plain_own, rules=(_accumulators_fit("nv * ocb", lambda p: p.nv * p.ocb),),
+    )
+    return {k.name: k for k in (gemm, gemm_cpu, gemv_cpu, rows, attention, depthwise,
+                                conv_rows)}
 
 
 def params_for(kind: str, key: str | None, target: Target, itemsize: int = 4) -> Lookup:

@@ -115,3 +115,30 @@ def test_every_attention_candidate_is_correct_on_odd_shapes(device):
     assert result.kind == "attention" and result.unit == "GFLOP/s" and result.flops > 0
     assert {t.params for t in result.trials} >= set(picked)
     assert not result.rejected, [(t.params, t.error) for t in result.rejected]
+
+
+# -- the CPU convolutions: depthwise and conv_rows ------------------------------------------
+def conv_spec(x, w, **attrs) -> NodeSpec:
+    made = OPS["Conv"].make_attrs(attrs)
+    inputs = (TensorType(x, F32), TensorType(w, F32))
+    return NodeSpec("Conv", made, inputs, tuple(OPS["Conv"].infer(list(inputs), made)),
+                    frozenset({1}))
+
+
+CONV_CASES = {  # odd widths (partial vectors), stride 2 with padding, a 5x5 kernel
+    "depthwise": conv_spec((1, 5, 13, 19), (5, 1, 3, 3), group=5, strides=(2, 2),
+                           pads=(1, 1, 1, 1)),
+    "conv_rows": conv_spec((1, 3, 11, 37), (6, 3, 5, 5), strides=(1, 2), pads=(2, 2, 2, 2)),
+}
+
+
+@pytest.mark.parametrize("kind", list(CONV_CASES))
+def test_every_cpu_conv_candidate_is_correct_on_odd_shapes(kind, device):
+    if device.target.family.name != "cpu":
+        pytest.skip("these conv strategies serve CPU devices only")
+    space = search_space(kind, device.target)
+    picked = space.legal[::max(1, len(space) // 12)]
+    result = Tuner(device, None, QUICK, progress=False).tune(CONV_CASES[kind], candidates=picked)
+    assert result.kind == kind and result.unit == "GFLOP/s"
+    assert {t.params for t in result.trials} >= set(picked)
+    assert not result.rejected, [(t.params, t.error) for t in result.rejected]
