@@ -333,31 +333,22 @@ TUNABLE_OPS = ("MatMul", "Conv", "ConvTranspose", "Attention", *ROW_OPS)
 
 
 def tunable_spec(spec: Any) -> Any | None:
-    """The plain problem a tunable spec tunes as: a MatMul / Conv without its epilogue (and
-    the epilogue's inputs), since an epilogue only changes the store; a row op as it is.
+    """The problem a tunable spec tunes as: the spec itself, a MatMul / Conv with its fused
+    epilogue and the epilogue's inputs, since the store's cost depends on the tiling (vector
+    stores where the tile's lanes are contiguous in the output, one lane at a time where not).
     None for other ops."""
-    from ember.ir.ops.fused import epilogue_inputs
-
-    if spec.op not in TUNABLE_OPS:
-        return None
-    epilogue = spec.attrs.get("epilogue")
-    if epilogue is None:
-        return spec
-    base = len(spec.inputs) - epilogue_inputs(epilogue)
-    out = spec.outputs[0]
-    product = type(out)(out.shape, spec.inputs[0].dtype)
-    return replace(spec, attrs=spec.attrs.replace(epilogue=None), inputs=spec.inputs[:base],
-                   outputs=(product,), packable=frozenset(i for i in spec.packable if i < base))
+    return spec if spec.op in TUNABLE_OPS else None
 
 
 def tuning_key(spec: Any) -> str | None:
     """A readable, stable key of a spec's tuning problem (None: not a tunable op), e.g.
-    'MatMul float32[128,768] float32[768,3072] trans_a=0 trans_b=0 packed=1'."""
+    'MatMul float32[128,768] float32[768,3072] trans_a=0 trans_b=0 packed=1'; a fused
+    epilogue is named by its label (epilogue=Add+Relu) after its inputs."""
     plain = tunable_spec(spec)
     if plain is None:
         return None
-    attrs = " ".join(f"{k}={_attr_text(v)}" for k, v in plain.attrs.items()
-                     if k != "epilogue")
+    attrs = " ".join(f"{k}={v.label if k == 'epilogue' else _attr_text(v)}"
+                     for k, v in plain.attrs.items() if k != "epilogue" or v is not None)
     packed = ",".join(str(i) for i in sorted(plain.packable)) or "-"
     return " ".join([plain.op, *(str(t) for t in plain.inputs), attrs, f"packed={packed}"])
 
