@@ -18,7 +18,7 @@ epilogue, one more half rounding (2^-11 * max(S)) the tests add when there is an
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,33 +64,34 @@ def epilogue_expr(kind: str | None, dtype: DType) -> FusedExpr | None:
     return FusedExpr(2, (clip, add), (3,))
 
 
-class Case:
-    """A depthwise Conv: its spec, input arrays, reference result and error bound."""
+class ConvCase:
+    """A Conv for a CPU conv strategy (`strategy`: depthwise here, conv_rows.py's in
+    test_conv_rows.py): its spec, input arrays, reference result and error bound."""
 
-    def __init__(self, seed: int, x_shape: tuple[int, ...], multiplier: int,
-                 kernel: tuple[int, int], attrs: dict, dtype: DType, bias: bool,
-                 epilogue: str | None, special: bool = False) -> None:
-        channels = x_shape[1]
-        w_shape = (channels * multiplier, 1, *kernel)
+    def __init__(self, seed: int, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                 attrs: dict, dtype: DType, bias: bool, epilogue: str | None, group: int,
+                 strategy: Callable[..., Lowered | None], special: bool = False) -> None:
+        cout = w_shape[0]
         expr = epilogue_expr(epilogue, dtype)
-        self.attrs = OPS["Conv"].make_attrs({**attrs, "group": channels, "epilogue": expr})
+        self.attrs = OPS["Conv"].make_attrs({**attrs, "group": group, "epilogue": expr})
         self.g: ConvGeometry = conv_geometry(x_shape, w_shape, self.attrs)
         self.arrays = [array_for(seed, x_shape, dtype, special=special),
                        array_for(seed + 1, w_shape, dtype, low=-1, high=1)]
         if bias:
-            self.arrays.append(array_for(seed + 2, (w_shape[0],), dtype))
+            self.arrays.append(array_for(seed + 2, (cout,), dtype))
         if epilogue in ("clip_add", "clip_add_channel"):
-            shape = self.g.out_shape if epilogue == "clip_add" else (1, w_shape[0], 1, 1)
+            shape = self.g.out_shape if epilogue == "clip_add" else (1, cout, 1, 1)
             self.arrays.append(array_for(seed + 3, shape, dtype))
         inputs = tuple(TensorType(a.shape, dtype) for a in self.arrays)
         outputs = OPS["Conv"].infer_types(inputs, self.attrs)
         self.spec = NodeSpec("Conv", self.attrs, inputs, outputs)
+        self.strategy = strategy
         self.dtype, self.has_epilogue, self.n_base = dtype, expr is not None, 2 + bias
-        self.what = (f"x{x_shape} w{w_shape} {dict(attrs)} {dtype.name} bias={bias} "
-                     f"epilogue={epilogue}")
+        self.what = (f"x{x_shape} w{w_shape} {dict(attrs)} group={group} {dtype.name} "
+                     f"bias={bias} epilogue={epilogue}")
 
-    def lower(self, params: DepthwiseParams | None = None) -> Lowered:
-        lowered = depthwise_cpu_lowered(self.spec, self.g, _common(self.spec, self.g), params)
+    def lower(self, params: object | None = None) -> Lowered:
+        lowered = self.strategy(self.spec, self.g, _common(self.spec, self.g), params)
         assert lowered is not None, self.what
         return lowered
 
@@ -100,18 +101,28 @@ class Case:
 
     def tolerance(self) -> tuple[float, float]:
         """(rtol, atol): the module docstring's bound."""
-        out = self.spec.outputs[0].dtype
-        rtol, atol = TOLERANCE[out]
+        rtol, atol = TOLERANCE[self.spec.outputs[0].dtype]
         kw = {name: self.attrs[name] for name in ("strides", "dilations", "pads", "group")}
         base = [np.abs(np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0))
                 for a in self.arrays[:self.n_base]]
         magnitude = OPS["Conv"].reference(*base, **kw)
         largest = float(magnitude.max()) if magnitude.size else 0.0
-        k = math.prod(self.g.kernel) + 1
+        k = self.g.cin_per_group * math.prod(self.g.kernel) + 1
         atol += 2.0 * k * UNIT_ROUNDOFF[self.dtype] * largest
         if self.dtype is DType.FLOAT16 and self.has_epilogue:
             atol += 2.0**-11 * largest
         return rtol, atol
+
+
+class Case(ConvCase):
+    """A depthwise Conv (a channel multiplier of output channels per input channel)."""
+
+    def __init__(self, seed: int, x_shape: tuple[int, ...], multiplier: int,
+                 kernel: tuple[int, int], attrs: dict, dtype: DType, bias: bool,
+                 epilogue: str | None, special: bool = False) -> None:
+        channels = x_shape[1]
+        super().__init__(seed, x_shape, (channels * multiplier, 1, *kernel), attrs, dtype,
+                         bias, epilogue, channels, depthwise_cpu_lowered, special)
 
 
 # -- running kernels ---------------------------------------------------------------------------

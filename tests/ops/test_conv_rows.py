@@ -18,10 +18,8 @@ the reference applies to the product first.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
-import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
@@ -30,65 +28,26 @@ from ember.codegen.conv_rows import (
     DEFAULT_CONV_ROWS_PARAMS, MEDIUM_CIN, MEDIUM_MIN_WIDTH, SMALL_CIN, ConvRowsParams,
     conv_rows_candidates, conv_rows_lowered,
 )
-from ember.codegen.kernels import Lowered, NodeSpec
+from ember.codegen.kernels import NodeSpec
 from ember.ir import OPS, DType, TensorType
 from ember.ir.ops.linalg import ConvGeometry, conv_geometry
 from ember.runtime.device import resolve_target
-from tests.harness import TOLERANCE, assert_close
-from tests.ops.test_conv_depthwise import EPILOGUES, UNIT_ROUNDOFF, Runner, epilogue_expr
-from tests.strategies import array_for
+from tests.harness import assert_close
+from tests.ops.test_conv_depthwise import EPILOGUES, ConvCase, Runner
 
 pytestmark = pytest.mark.opencl
 
 SIZES = (1, 2, 3, 5, 7, 8, 13, 16, 17, 31, 67)
 
 
-class Case:
-    """A Conv with few input channels per group: its spec, arrays, reference and bound."""
+class Case(ConvCase):
+    """A Conv with few input channels per group (`cout` output channels)."""
 
     def __init__(self, seed: int, x_shape: tuple[int, ...], cout: int, kernel: tuple[int, int],
                  attrs: dict, dtype: DType, bias: bool, epilogue: str | None,
                  group: int = 1, special: bool = False) -> None:
-        w_shape = (cout, x_shape[1] // group, *kernel)
-        expr = epilogue_expr(epilogue, dtype)
-        self.attrs = OPS["Conv"].make_attrs({**attrs, "group": group, "epilogue": expr})
-        self.g: ConvGeometry = conv_geometry(x_shape, w_shape, self.attrs)
-        self.arrays = [array_for(seed, x_shape, dtype, special=special),
-                       array_for(seed + 1, w_shape, dtype, low=-1, high=1)]
-        if bias:
-            self.arrays.append(array_for(seed + 2, (cout,), dtype))
-        if epilogue in ("clip_add", "clip_add_channel"):
-            shape = self.g.out_shape if epilogue == "clip_add" else (1, cout, 1, 1)
-            self.arrays.append(array_for(seed + 3, shape, dtype))
-        inputs = tuple(TensorType(a.shape, dtype) for a in self.arrays)
-        outputs = OPS["Conv"].infer_types(inputs, self.attrs)
-        self.spec = NodeSpec("Conv", self.attrs, inputs, outputs)
-        self.dtype, self.has_epilogue, self.n_base = dtype, expr is not None, 2 + bias
-        self.what = (f"x{x_shape} w{w_shape} {dict(attrs)} group={group} {dtype.name} "
-                     f"bias={bias} epilogue={epilogue}")
-
-    def lower(self, params: ConvRowsParams | None = None) -> Lowered:
-        lowered = conv_rows_lowered(self.spec, self.g, _common(self.spec, self.g), params)
-        assert lowered is not None, self.what
-        return lowered
-
-    def expected(self) -> np.ndarray:
-        with np.errstate(invalid="ignore"):  # inf - inf in the NaN/inf cases
-            return OPS["Conv"].evaluate(self.arrays, self.attrs)[0]
-
-    def tolerance(self) -> tuple[float, float]:
-        """(rtol, atol): the module docstring's bound."""
-        rtol, atol = TOLERANCE[self.spec.outputs[0].dtype]
-        kw = {name: self.attrs[name] for name in ("strides", "dilations", "pads", "group")}
-        base = [np.abs(np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0))
-                for a in self.arrays[:self.n_base]]
-        magnitude = OPS["Conv"].reference(*base, **kw)
-        largest = float(magnitude.max()) if magnitude.size else 0.0
-        k = self.g.cin_per_group * math.prod(self.g.kernel) + 1
-        atol += 2.0 * k * UNIT_ROUNDOFF[self.dtype] * largest
-        if self.dtype is DType.FLOAT16 and self.has_epilogue:
-            atol += 2.0**-11 * largest
-        return rtol, atol
+        super().__init__(seed, x_shape, (cout, x_shape[1] // group, *kernel), attrs, dtype,
+                         bias, epilogue, group, conv_rows_lowered, special)
 
 
 @pytest.fixture(scope="module")
