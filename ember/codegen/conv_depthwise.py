@@ -31,6 +31,7 @@ about 1-2), and 112x112 or 56x56 images at 35-90 GFLOP/s.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,7 +45,7 @@ from ember.ir.ops.linalg import ConvGeometry
 
 __all__ = [
     "DepthwiseParams", "DEFAULT_DEPTHWISE_PARAMS", "depthwise_candidates", "Tap", "Segment",
-    "depthwise_supported", "depthwise_cpu_lowered", "plan_row",
+    "depthwise_supported", "depthwise_cpu_lowered", "plan_row", "row_blocks", "TapCode",
 ]
 
 # Vector lengths OpenCL C has (1 stands for a scalar).
@@ -229,6 +230,12 @@ class TapCode:
     def _vector(self, parts: list[str]) -> str:
         return parts[0] if self.vw == 1 else f"({self.vtype(self.vw)})({', '.join(parts)})"
 
+    def render_taps(self, segments: Sequence[Segment]) -> list[list[list[str | None]]]:
+        """(definition, lane vector) per segment, vector and kx: rendered before the
+        template, so that the typedefs of every window length used are known."""
+        return [[[None if tap is None else self.expr(tap) for tap in vector]
+                 for vector in seg.taps] for seg in segments]
+
     def expr(self, tap: Tap) -> tuple[str, str]:
         """(statement defining `v` or "", expression of the lane vector in lane order)."""
         zero = f"({self.acc})0"
@@ -274,6 +281,16 @@ def depthwise_supported(g: ConvGeometry) -> bool:
     return g.rank == 2 and g.cin_per_group == 1 and math.prod(g.out_shape) > 0
 
 
+def row_blocks(rows: int, oh: int, others: int) -> tuple[int, int]:
+    """(output rows per work-item, blocks of rows per image) for `oh` output rows: `rows`
+    when given, else whole images per work-item unless the `others` work-items (channels x
+    batch) are too few to keep the device busy."""
+    if rows == 0:
+        blocks = min(oh, max(1, -(-_TARGET_ITEMS // others)))
+        rows = -(-oh // blocks)
+    return rows, -(-oh // rows)
+
+
 def depthwise_cpu_lowered(spec: NodeSpec, g: ConvGeometry, values: dict[str, Any],
                           params: DepthwiseParams | None = None) -> Lowered | None:
     """The CPU depthwise kernel of a Conv (`values`: conv.py's `_common(spec, g)`), or None
@@ -287,11 +304,7 @@ def depthwise_cpu_lowered(spec: NodeSpec, g: ConvGeometry, values: dict[str, Any
     acc: str = values["acc"]
     vw, nv = _fit(params, g, acc)
     oh = g.out_spatial[0]
-    rows = params.rows
-    if rows == 0:  # whole channels per work-item unless there are too few channels
-        blocks = min(oh, max(1, -(-_TARGET_ITEMS // (g.batch * g.out_channels))))
-        rows = -(-oh // blocks)
-    blocks = -(-oh // rows)
+    rows, blocks = row_blocks(params.rows, oh, g.batch * g.out_channels)
     ky_loop = g.kernel[0] > params.unroll_ky
     epilogue: EpilogueCode = values["epilogue"]
     name = kernel_name("conv_dw_cpu", spec.inputs, spec.outputs, spec.attrs.key(), vw, nv, rows,
@@ -306,8 +319,7 @@ def depthwise_cpu_lowered(spec: NodeSpec, g: ConvGeometry, values: dict[str, Any
                    for ky in range(kh)]
     # (definition of v or "", lane vector) per segment, vector and kx; rendered before the
     # template so that the typedefs of every window length used are known
-    taps = [[[None if tap is None else code.expr(tap) for tap in vector]
-             for vector in seg.taps] for seg in segments]
+    taps = code.render_taps(segments)
     has_bias: bool = values["has_bias"]
     source = render(
         "conv_depthwise.cl.j2", name=name, vw=vw, nv=nv, cw=vw * nv, rows=rows,

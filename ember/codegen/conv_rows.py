@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ember.codegen.conv_depthwise import TapCode, plan_row
+from ember.codegen.conv_depthwise import TapCode, plan_row, row_blocks
 from ember.codegen.elementwise import extensions_for
 from ember.codegen.epilogue import EpilogueCode
 from ember.codegen.gemm_cpu import is_pointwise
@@ -46,8 +46,6 @@ __all__ = ["ConvRowsParams", "DEFAULT_CONV_ROWS_PARAMS", "SMALL_CIN", "MEDIUM_CI
 SMALL_CIN = 4
 MEDIUM_CIN = 16
 MEDIUM_MIN_WIDTH = 16
-# Work-items to aim for when the output rows are split between work-items.
-_TARGET_ITEMS = 64
 
 
 @dataclass(frozen=True)
@@ -127,11 +125,7 @@ def conv_rows_lowered(spec: NodeSpec, g: ConvGeometry, values: dict[str, Any],
     vw, nv, ocb = _fit(params, g, acc)
     oh = g.out_spatial[0]
     oc_blocks = g.out_channels // ocb
-    rows = params.rows
-    if rows == 0:  # whole images per work-item unless that leaves too few work-items
-        blocks = min(oh, max(1, -(-_TARGET_ITEMS // (g.batch * oc_blocks))))
-        rows = -(-oh // blocks)
-    blocks = -(-oh // rows)
+    rows, blocks = row_blocks(params.rows, oh, g.batch * oc_blocks)
     epilogue: EpilogueCode = values["epilogue"]
     name = kernel_name("conv_rows", spec.inputs, spec.outputs, spec.attrs.key(), vw, nv, ocb,
                        rows)
@@ -143,10 +137,7 @@ def conv_rows_lowered(spec: NodeSpec, g: ConvGeometry, values: dict[str, Any],
     # a branch per (output row, ky) only where an input row can fall outside the image
     row_checked = any(not 0 <= oy * sh - pt + ky * dh < ih for oy in range(oh)
                       for ky in range(kh))
-    # (definition of v or "", lane vector) per segment, vector and kx, rendered before the
-    # template so that the typedefs of every window length used are known
-    taps = [[[None if tap is None else code.expr(tap) for tap in vector]
-             for vector in seg.taps] for seg in segments]
+    taps = code.render_taps(segments)
     source = render(
         "conv_rows.cl.j2", name=name, vw=vw, nv=nv, ocb=ocb, cw=vw * nv, rows=rows,
         blocks=blocks, oc_blocks=oc_blocks, chunks=-(-g.out_spatial[1] // (vw * nv)),
