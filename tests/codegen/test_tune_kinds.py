@@ -32,11 +32,10 @@ def row_spec(op: str, shapes: list[tuple[int, ...]], **attrs) -> NodeSpec:
     return NodeSpec(op, made, inputs, outputs, frozenset())
 
 
-ROW_CASES = {  # rows and row lengths that no LOCAL divides, strided rows, both templates
+ROW_CASES = {  # rows and row lengths that no LOCAL divides, both templates (test_nn.py's
+    # test_row_kernels_correct_for_every_local_size covers strided rows and InstanceNorm)
     "softmax_rows": row_spec("Softmax", [(3, 37)], axis=-1),
-    "logsoftmax_inner": row_spec("LogSoftmax", [(2, 5, 7)], axis=1),
     "layernorm_bias": row_spec("LayerNormalization", [(5, 33), (33,), (33,)], axis=-1),
-    "instancenorm": row_spec("InstanceNormalization", [(2, 3, 5, 7), (3,), (3,)]),
 }
 
 
@@ -110,7 +109,7 @@ def test_every_attention_candidate_is_correct_on_odd_shapes(device):
     spec = attention_spec((2, 13, 16), (2, 19, 16), (2, 19, 24), (1, 13, 19))
     space = search_space("attention", device.target)
     assert len(space) > QUICK.exhaustive_limit  # large: the tuner samples it
-    picked = space.legal[::4]
+    picked = space.legal[::8]
     result = Tuner(device, None, QUICK, progress=False).tune(spec, candidates=picked)
     assert result.kind == "attention" and result.unit == "GFLOP/s" and result.flops > 0
     assert {t.params for t in result.trials} >= set(picked)
