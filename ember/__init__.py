@@ -3,11 +3,17 @@
     import ember
     model = ember.compile("model.onnx")       # default device, opt_level=2
     outputs = model(input=array)              # dict: output name -> np.ndarray
+
+The public names are loaded at their first use (PEP 562), so that a process that needs one
+stage only (a build or tuning worker runs kernels, it never reads ONNX) does not pay for
+importing onnx and the compiler.
 """
 
 from __future__ import annotations
 
-from ember.compiler import CompiledModel, ModelStats, compile
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ember.errors import (
     CompileError,
     DeviceError,
@@ -15,15 +21,36 @@ from ember.errors import (
     EmberError,
     InputError,
     ModelLoadError,
+    ResourceError,
     ShapeError,
     UnsupportedOpError,
 )
-from ember.runtime.device import DeviceInfo, devices
+
+if TYPE_CHECKING:
+    from ember.compiler import CompiledModel, ModelStats, compile
+    from ember.runtime.device import DeviceInfo, devices
 
 __version__ = "0.1.0"
 
 __all__ = [
     "compile", "CompiledModel", "ModelStats", "devices", "DeviceInfo", "EmberError",
     "UnsupportedOpError", "ShapeError", "DTypeError", "InputError", "ModelLoadError",
-    "CompileError", "DeviceError", "__version__",
+    "CompileError", "DeviceError", "ResourceError", "__version__",
 ]
+
+_LAZY = {"compile": "ember.compiler", "CompiledModel": "ember.compiler",
+         "ModelStats": "ember.compiler", "devices": "ember.runtime.device",
+         "DeviceInfo": "ember.runtime.device"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ember' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -21,6 +21,7 @@ import numpy as np
 
 import ember
 from ember.errors import EmberError, InputError, ShapeError
+from ember.frontends.dims import resolve_shapes
 from ember.frontends.onnx import input_signature, load_model
 from ember.ir import DType, to_dot, to_text
 from ember.runtime.device import resolve_target
@@ -121,6 +122,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
         print(f"    compute units {t.compute_units}, max work-group {t.max_work_group_size}, "
               f"local memory {t.local_mem_bytes // 1024} KiB, "
               f"fp16 {'yes' if t.fp16 else 'no'}, fp64 {'yes' if t.fp64 else 'no'}")
+        if t.simulator:
+            print("    a simulator: never the default, used only when named "
+                  f"(--target oclgrind or {info.target})")
         _print_tuning(info)
     default = resolve_target(None)
     if default is None:
@@ -148,25 +152,30 @@ def _print_tuning(info: ember.DeviceInfo) -> None:
 def _make_feeds(signature: dict[str, tuple[tuple[int | str | None, ...], DType]],
                 files: dict[str, str], shapes: dict[str, str], seed: int
                 ) -> dict[str, np.ndarray]:
-    """Inputs from .npy files where given, random ones of the model's dtype elsewhere (their
-    symbolic dims from --shape, else 1)."""
+    """Inputs from .npy files where given, random ones of the model's dtype elsewhere. A
+    random input's shape is its --shape, or what the model fixes and the other inputs imply
+    (a named dim shared with a given input); a dim still unknown is an InputError."""
     unknown = sorted((set(files) | set(shapes)) - set(signature))
     if unknown:
         raise InputError(f"unknown input(s) {unknown}; the model's inputs are {list(signature)}")
-    rng = np.random.default_rng(seed)
-    feeds: dict[str, np.ndarray] = {}
-    for name, (dims, dtype) in signature.items():
+    given: dict[str, tuple[int, ...]] = {}
+    loaded: dict[str, np.ndarray] = {}
+    for name in signature:
         shape = _parse_shape(name, shapes[name]) if name in shapes else None
         if name in files:
-            feeds[name] = _load_array(name, files[name])
-            if shape is not None and shape != feeds[name].shape:
+            loaded[name] = _load_array(name, files[name])
+            if shape is not None and shape != loaded[name].shape:
                 raise ShapeError(f"input {name!r}: --shape {shapes[name]} differs from the "
-                                 f"file's shape {feeds[name].shape}")
-            continue
-        if shape is None:
-            shape = tuple(d if isinstance(d, int) else 1 for d in dims)
-        feeds[name] = _random_array(rng, shape, dtype)
-    return feeds
+                                 f"file's shape {loaded[name].shape}")
+            shape = loaded[name].shape
+        if shape is not None:
+            given[name] = shape
+    resolved = resolve_shapes({name: dims for name, (dims, _) in signature.items()}, given,
+                              "--shape or --input",
+                              hint="give it with --shape NAME=D1xD2x...")
+    rng = np.random.default_rng(seed)
+    return {name: loaded[name] if name in loaded else _random_array(rng, resolved[name], dtype)
+            for name, (_, dtype) in signature.items()}
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -286,10 +295,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 # -- ember show -----------------------------------------------------------------------------
 def _cmd_show(args: argparse.Namespace) -> int:
-    shapes = {name: tuple(int(d) for d in text.lower().split("x"))
+    shapes = {name: _parse_shape(name, text)
               for name, text in _parse_pairs(args.shape, "--shape").items()}
-    model = ember.compile(args.model, target=args.target, opt_level=args.opt,
-                          input_shapes=shapes or None, record_ir=args.passes)
+    proto = load_model(args.model)
+    shapes = resolve_shapes({name: dims for name, (dims, _) in input_signature(proto).items()},
+                            shapes, "--shape", hint="give it with --shape NAME=D1xD2x...")
+    model = ember.compile(proto, target=args.target, opt_level=args.opt,
+                          input_shapes=shapes, record_ir=args.passes)
     if args.passes:
         for record in model.pass_records:
             print(f"== {record.name}: {record.seconds * 1e3:.2f} ms, changed={record.changed}, "
@@ -326,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                      help="an input from a .npy file (repeatable); others are random")
     run.add_argument("--shape", action="append", default=[], metavar="NAME=1x3x224x224",
-                     help="the shape of a random input (symbolic dims default to 1)")
+                     help="the shape of a random input; named dims it shares with other inputs "
+                          "fix theirs, and a dim no input fixes is an error")
     run.add_argument("--target", default=None,
                      help="cpu, opencl or opencl:P:D (default: first GPU, else first device)")
     run.add_argument("--opt", type=int, default=2, choices=range(4), help="opt level 0..3")
@@ -340,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--opt", type=int, default=2, choices=range(4), help="opt level 0..3")
     show.add_argument("--target", default=None, help="as for run")
     show.add_argument("--shape", action="append", default=[], metavar="NAME=1x3x224x224",
-                      help="an input's shape (symbolic dims default to 1)")
+                      help="an input's shape (needed for dims the model does not fix)")
     show.add_argument("--passes", action="store_true",
                       help="per-pass timing, what changed, and the IR after each changing pass")
     show.add_argument("--dot", metavar="OUT.dot", help="write the final graph for Graphviz")

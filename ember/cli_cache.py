@@ -179,7 +179,7 @@ def add_cache_commands(add: AddCommand) -> None:
     build.add_argument("model", nargs="+", help="paths of ONNX models")
     build.add_argument("--input-shape", action="append", default=[],
                        metavar="NAME=D1,D2,...",
-                       help="an input's shape (repeatable; symbolic dims default to 1)")
+                       help="an input's shape (repeatable; needed for dims the model does not fix)")
     build.add_argument("--opt", type=int, default=2, choices=range(4), help="opt level 0..3")
     build.add_argument("--target", default=None, help="opencl or opencl:P:D (default: the "
                        "first GPU, else the first device)")

@@ -123,7 +123,7 @@ def add_tune_command(add: Callable[..., argparse.ArgumentParser]) -> None:
     tune.add_argument("--kernel-budget", type=parse_seconds, default=20.0, metavar="20s",
                       help="time for each kernel (default 20s)")
     tune.add_argument("--input-shape", action="append", default=[], metavar="NAME=D1,D2,...",
-                      help="an input's shape (symbolic dims default to 1); repeatable")
+                      help="an input's shape (needed for dims the model does not fix); repeatable")
     tune.add_argument("--target", default=None, help="opencl or opencl:P:D (default: the "
                       "first GPU, else the first device)")
     tune.add_argument("--opt", type=int, default=2, choices=range(4),

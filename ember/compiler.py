@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,15 +24,22 @@ from ember.codegen.families import Target
 from ember.codegen.kernels import lower
 from ember.codegen.tunables import TUNABLE_OPS
 from ember.codegen.tuner import TuneBudget, TuneResult, tuned_target
-from ember.errors import DTypeError, InputError, ShapeError, UnsupportedOpError
+from ember.errors import CompileError, DTypeError, InputError, ShapeError, UnsupportedOpError
+from ember.frontends.dims import bind_named_dims, dims_text, is_dynamic, resolve_shapes
 from ember.frontends.onnx import import_graph, input_signature, load_model
 from ember.ir import DType, Graph, verify
 from ember.lowering import PassContext, PassManager, PassRecord, build_pipeline
 from ember.runtime.device import OpenCLDevice, resolve_target
 from ember.runtime.memory import build_memory_plan
 from ember.runtime.numpy import evaluate_graph
-from ember.runtime.opencl import OpenCLExecutor
+from ember.runtime.opencl import OpenCLExecutor, prebuild
 from ember.runtime.plan import DEVICE, HOST, ExecutionPlan, build_plan, node_spec
+from ember.runtime.resources import (
+    check_buffers,
+    check_tensors,
+    check_tensors_on_host,
+    driver_failures,
+)
 
 __all__ = ["compile", "CompiledModel", "ModelStats"]
 
@@ -70,7 +78,12 @@ class _Specialization:
 
 class CompiledModel:
     """A model compiled for one target. Call it with numpy arrays (by input name or by
-    position); it returns a dict of output name -> array."""
+    position); it returns a dict of output name -> array.
+
+    Safe to call from several threads: a specialization's device buffers are reused between
+    calls, so calls on one model take turns (a lock held from specialization to the last
+    output read); each caller gets its own result arrays. Models do not share buffers, so
+    threads calling different models run side by side."""
 
     def __init__(self, source: onnx.ModelProto | Graph, device: OpenCLDevice | None,
                  opt_level: int, strict: bool, tune: bool | TuneBudget, verify_passes: bool,
@@ -101,22 +114,46 @@ class CompiledModel:
         self.input_names = list(self._signature)
         self._specializations: dict[tuple, _Specialization] = {}
         self._current: _Specialization | None = None
+        # one call at a time per model: the executor's buffers are shared between calls
+        self._lock = threading.RLock()
 
     # -- compiling ------------------------------------------------------------------------
     @property
     def target(self) -> str:
         return self.device.info.target if self.device is not None else "cpu"
 
+    def _where(self) -> str:
+        if self.device is None:
+            return "the numpy target"
+        return f"{self.device.info.target} ({self.device.info.traits.name})"
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether an input has a dim the model does not fix (a named or unknown dim)."""
+        return is_dynamic({name: dims for name, (dims, _) in self._signature.items()})
+
     def _specialize(self, shapes: Mapping[str, Sequence[int]] | None) -> _Specialization:
+        """Compile for the input shapes that `shapes` gives or implies (named dims shared
+        between inputs are one dim); a dim left unknown raises InputError naming it."""
         start = time.perf_counter()
         if isinstance(self._source, Graph):
             graph = self._source.copy()
+            key = tuple(graph.type_of(v).shape for v in graph.input_values().values())
         else:
-            graph = import_graph(self._source, input_shapes=shapes)  # loaded and checked once
-        key = tuple(graph.type_of(v).shape for v in graph.input_values().values())
+            resolved = resolve_shapes(
+                {name: dims for name, (dims, _) in self._signature.items()}, shapes or {},
+                hint="give it in compile()'s input_shapes, or call the model with arrays")
+            key = tuple(resolved[name] for name in self.input_names)
+            if key not in self._specializations:
+                graph = import_graph(self._source, input_shapes=resolved)
         if key in self._specializations:
             self._current = self._specializations[key]
             return self._current
+        # sizes first: a tensor no device or host can hold fails here, before any allocation
+        if self.device is not None:
+            check_tensors(graph, self.device.info.traits)
+        else:
+            check_tensors_on_host(graph)
         target = self.device.target if self.device is not None else None
         supports = None
         if target is not None:
@@ -142,13 +179,49 @@ class CompiledModel:
                 f"strict=True: {len(plan.host_steps)} step(s) have no kernel on "
                 f"{self.device.info.traits.name} and would run on the host: {listed}"
             )
-        executor = (OpenCLExecutor(plan, self.device, cache=self.cache)
-                    if self.device is not None else None)
+        if self.device is not None:  # before any build or allocation
+            check_buffers(plan, plan.memory or build_memory_plan(plan), self.device.info.traits)
+        if self.device is not None and target is not None:
+            plan = self._build_isolated(graph, target, plan)
+        executor = None
+        if self.device is not None:
+            traits = self.device.info.traits
+            memory = plan.memory if plan.memory is not None else build_memory_plan(plan)
+            with driver_failures(f"building the program and allocating "
+                                 f"{len(memory.buffers)} buffers on {traits.name} for input "
+                                 f"shapes {key}"):
+                executor = OpenCLExecutor(plan, self.device, cache=self.cache)
         spec = _Specialization(key, graph, plan, executor, records,
                                time.perf_counter() - start)
         self._specializations[key] = spec
         self._current = spec
         return spec
+
+    def _build_isolated(self, graph: Graph, target: Target, plan: ExecutionPlan
+                        ) -> ExecutionPlan:
+        """Build a cold program in workers first (runtime/opencl.py `prebuild`); a step
+        whose kernel kills its worker runs on the host instead, with a warning (strict:
+        CompileError naming op, node and signal), and the plan is made again."""
+        assert self.device is not None
+        for _ in range(3):  # each round can only move steps to the host
+            crashes = prebuild(plan, self.device, cache=self.cache)
+            if not crashes:
+                break
+            listed = "; ".join(f"{c.op} {c.name!r}: {c.reason}" for c in crashes)
+            if self.strict:
+                raise CompileError(f"strict=True: {len(crashes)} kernel(s) crashed the "
+                                   f"driver of {self.device.info.traits.name}: {listed}")
+            names = {c.name for c in crashes}
+            for node in graph.nodes():
+                if graph.node_name(node) in names:
+                    graph.set_meta(node, "placement", HOST)
+            for c in crashes:
+                log.warning("%s %r runs on the host: its kernel %s crashed the driver of %s "
+                            "(%s)", c.op, c.name, c.kernel, self.device.info.traits.name,
+                            c.reason)
+            plan = build_plan(graph, target, plan_memory=self.plan_memory,
+                              pack_constants=self.opt_level >= 2)
+        return plan
 
     def _tuned_target(self, graph: Graph, target: Target) -> Target:
         """The target carrying tuned params for this graph's MatMul / Conv kernels: tuned now
@@ -186,12 +259,15 @@ class CompiledModel:
                 raise DTypeError(f"input {name!r} expects dtype {dtype}, got {array.dtype}")
             if array.ndim != len(dims):
                 raise ShapeError(f"input {name!r} expects rank {len(dims)} shape "
-                                 f"{_dims_text(dims)}, got shape {array.shape}")
+                                 f"{dims_text(dims)}, got shape {array.shape}")
             for axis, (want, got) in enumerate(zip(dims, array.shape)):
                 if isinstance(want, int) and want != got:
-                    raise ShapeError(f"input {name!r} expects shape {_dims_text(dims)}, got "
+                    raise ShapeError(f"input {name!r} expects shape {dims_text(dims)}, got "
                                      f"{array.shape} (dim {axis}: {got} != {want})")
             bound[name] = array
+        # inputs whose dims share a name must agree on it, before anything runs
+        bind_named_dims({name: dims for name, (dims, _) in self._signature.items()},
+                        {name: array.shape for name, array in bound.items()}, "the call")
         return bound
 
     def _for_shapes(self, feeds: Mapping[str, np.ndarray]) -> _Specialization:
@@ -205,20 +281,26 @@ class CompiledModel:
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
         feeds = self._bind(args, kwargs)
-        spec = self._for_shapes(feeds)
-        if spec.executor is None:
-            results = evaluate_graph(spec.graph, feeds)
-            return {name: np.array(value, copy=True) for name, value in results.items()}
-        return spec.executor.run(feeds)
+        with self._lock:
+            spec = self._for_shapes(feeds)
+            with driver_failures(f"running the model on {self._where()} with input shapes "
+                                 f"{spec.shapes}"):
+                if spec.executor is None:
+                    results = evaluate_graph(spec.graph, feeds)
+                    return {name: np.array(value, copy=True) for name, value in results.items()}
+                return spec.executor.run(feeds)
 
     def profile(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
         """Per-step timings of one call: device time from OpenCL profiling events, host time
         for steps that ran through numpy."""
         feeds = self._bind(args, kwargs)
-        spec = self._for_shapes(feeds)
-        if spec.executor is None:
-            return _profile_numpy(spec.graph, feeds)
-        _, timings = spec.executor.run(feeds, profile=True)
+        with self._lock:
+            spec = self._for_shapes(feeds)
+            with driver_failures(f"profiling the model on {self._where()} with input shapes "
+                                 f"{spec.shapes}"):
+                if spec.executor is None:
+                    return _profile_numpy(spec.graph, feeds)
+                _, timings = spec.executor.run(feeds, profile=True)
         by_name = {s.name: s for s in spec.plan.steps}
         return [
             {"step": name, "op": op, "placement": by_name[name].placement, "seconds": seconds}
@@ -239,10 +321,11 @@ class CompiledModel:
         return self._active().records
 
     def _active(self) -> _Specialization:
-        if self._current is None:
-            self._specialize(None)
-        assert self._current is not None
-        return self._current
+        with self._lock:
+            if self._current is None:
+                self._specialize(None)
+            assert self._current is not None
+            return self._current
 
     @property
     def stats(self) -> ModelStats:
@@ -265,10 +348,6 @@ class CompiledModel:
         from ember.summary import format_summary
 
         return format_summary(self)
-
-
-def _dims_text(dims: Dims) -> str:
-    return "(" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in dims) + ")"
 
 
 def _profile_numpy(graph: Graph, feeds: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -308,9 +387,12 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives it
     """Compile an ONNX model (path, bytes or ModelProto) or an ember Graph for a target.
 
     target: None (first OpenCL GPU, else first OpenCL device, else numpy), "cpu" (numpy),
-    "opencl" or "opencl:P:D". input_shapes resolves symbolic dims. strict refuses host
-    fallback. verify_passes runs the IR verifier after every pass; record_ir keeps the IR text
-    after every pass (`ember show --passes`).
+    "opencl" or "opencl:P:D". input_shapes gives inputs' shapes: a named dim shared between
+    inputs is one dim, so one input's shape fixes it for the others, and a dim left unknown is
+    an InputError naming it. Without input_shapes, a model with dims it does not fix compiles
+    at its first call, for the arrays' shapes. strict refuses host fallback. verify_passes
+    runs the IR verifier after every pass; record_ir keeps the IR text after every pass
+    (`ember show --passes`).
     tune: measure the MatMul / Conv kernels' candidate parameters on the device (within
     TuneBudget()'s 60 s per model, or the TuneBudget given), keep them in the TuningDB
     (codegen/tuning_db.py) and build with the fastest correct ones; kernels already in the
@@ -322,9 +404,13 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives it
     EMBER_CACHE_DIR or the user cache directory, False builds from source every time, a
     directory or a BinaryCache uses that one.
     """
-    device = resolve_target(target)
+    with driver_failures(f"opening the target {target or 'default'!s}"):
+        device = resolve_target(target)
     source = model if isinstance(model, Graph) else load_model(model)
     compiled = CompiledModel(source, device, opt_level, strict, tune, verify_passes, record_ir,
                              plan_memory, cache=cache)
-    compiled._specialize(input_shapes)
+    # A model with dims nobody gave compiles at its first call, for the arrays' shapes;
+    # input_shapes (or tune=, which measures kernels now) compiles now, every dim known.
+    if input_shapes is not None or tune or not compiled.dynamic:
+        compiled._specialize(input_shapes)
     return compiled

@@ -15,6 +15,7 @@ __all__ = [
     "PassError",
     "CompileError",
     "DeviceError",
+    "ResourceError",
 ]
 
 
@@ -79,3 +80,8 @@ class CompileError(EmberError):
 
 class DeviceError(EmberError):
     """No such device, or the device failed while running."""
+
+
+class ResourceError(DeviceError):
+    """A tensor or buffer larger than the device (or, on the numpy target, the host) can
+    hold: found before allocating where the sizes are known, or reported by the driver."""

@@ -16,13 +16,21 @@ import ember
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, DType, Value
 
-__all__ = ["TOLERANCE", "assert_close", "run_op", "check_op", "relative_l2", "KernelLauncher"]
+__all__ = ["real_devices", "TOLERANCE", "assert_close", "run_op", "check_op", "relative_l2", "KernelLauncher"]
 
 TOLERANCE: dict[DType, tuple[float, float]] = {
     DType.FLOAT32: (1e-5, 1e-5),
     DType.FLOAT16: (2e-3, 2e-3),
     DType.FLOAT64: (1e-12, 1e-12),
 }
+
+
+def real_devices() -> list[ember.DeviceInfo]:
+    """OpenCL devices other than simulators, in the order ember picks its default from
+    (Oclgrind is used only by name, in the tests/oclgrind tier)."""
+    found = [d for d in ember.devices() if not d.traits.simulator]
+    gpus = [d for d in found if d.traits.device_type == "GPU"]
+    return gpus + [d for d in found if d.traits.device_type != "GPU"]
 
 
 def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 DV_MAX = 256  # the largest Dv slice one work-item accumulates (private memory)
 Q_CAP = 2048  # ROWS * D up to this: the query rows are copied to private memory
 VECTOR_WIDTHS = (1, 2, 4, 8, 16)  # OpenCL's vector sizes (3 is left out: its loads differ)
+# The widest vector (bytes) handed to or returned by an OpenCL builtin. PoCL links its
+# builtins from a library built for the host's vector unit (AVX-512 on Zen 4), while it may
+# compile the kernel for an LLVM CPU without it (znver3): a 512-bit argument is then passed
+# one way and read another, and the builtin scribbles over the work-item's stack and the
+# process's heap. Wider vectors are split into halves around every builtin call.
+CALL_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,9 @@ def _loader(dtype: DType, pointer: str, width: int) -> Callable[[str], str]:
             return lambda off: load_expr(dtype, pointer, f"({off})")
         return lambda off: f"({compute_type(dtype)}){load_expr(dtype, pointer, f'({off})')}"
     if dtype is DType.FLOAT16:
+        if width * 4 > CALL_BYTES:  # vload_halfN returns floatN: two calls of half as many
+            half = _loader(dtype, pointer, width // 2)
+            return lambda off: f"(float{width})({half(off)}, {half(f'({off}) + {width // 2}')})"
         return lambda off: f"vload_half{width}(0, {pointer} + ({off}))"
     return lambda off: f"(*(const __global ATT_V{width}*)({pointer} + ({off})))"
 
@@ -162,8 +171,23 @@ def _storer(dtype: DType, pointer: str, width: int) -> Callable[[str, str], str]
     if width == 1:
         return lambda off, value: store_stmt(dtype, pointer, f"({off})", value)
     if dtype is DType.FLOAT16:
+        if width * 4 > CALL_BYTES:  # vstore_halfN takes a floatN: two calls of half as many
+            half = _storer(dtype, pointer, width // 2)
+            return lambda off, value: (half(off, f"({value}).lo") + " "
+                                       + half(f"({off}) + {width // 2}", f"({value}).hi"))
         return lambda off, value: f"vstore_half{width}({value}, 0, {pointer} + ({off}));"
     return lambda off, value: f"*(__global ATT_V{width}*)({pointer} + ({off})) = {value};"
+
+
+def _vector_call(function: str, value: str, scalar: str, width: int, itemsize: int) -> str:
+    """`function(value)` on a vector of `width` lanes, as calls on pieces of at most
+    CALL_BYTES (see there) put back together."""
+    if width == 1 or width * itemsize <= CALL_BYTES:
+        return f"{function}({value})"
+    half = width // 2
+    lo = _vector_call(function, f"({value}).lo", scalar, half, itemsize)
+    hi = _vector_call(function, f"({value}).hi", scalar, half, itemsize)
+    return f"({scalar}{width})({lo}, {hi})"
 
 
 def _reduce_body(var: str, width: int, combine: str, scalar: str) -> str:
@@ -257,6 +281,8 @@ def build_attention(spec: NodeSpec, target: Target,
         load_k=_loader(dtype, "k", vd), load_v=_loader(dtype, "v", vv),
         load_mask=_loader(dtype, "mask", 1), hsum=lambda e: f"{name}_hsum_d({e})",
         kb=params.kblock, tk=_vector_type(acc_dtype, params.kblock),
+        exp_k=lambda e: _vector_call("exp", e, compute_type(acc_dtype), params.kblock,
+                                     acc_dtype.itemsize),
         reduce=lambda var, width, op: _reduce_body(var, width, op, compute_type(acc_dtype)),
         store=_storer(dtype, "out", vv), store1=_storer(dtype, "out", 1), lit=lit,
         vector_widths=[] if dtype is DType.FLOAT16 else sorted({vd, vv} - {1}),

@@ -294,12 +294,12 @@ class BinaryCache:
 
     # -- listing and clearing ----------------------------------------------------------------
     def entry_dirs(self) -> Iterator[tuple[str, Path]]:
-        if not self.programs_dir.is_dir():
-            return
-        for fan in sorted(self.programs_dir.iterdir()):
+        """Every entry's (key, directory); a directory that another process removes while
+        this one lists is left out."""
+        for fan in _listing(self.programs_dir):
             if fan.name.startswith(".") or not fan.is_dir():
                 continue
-            for where in sorted(fan.iterdir()):
+            for where in _listing(fan):
                 if not where.name.startswith(".") and where.is_dir():
                     yield where.name, where
 
@@ -307,7 +307,7 @@ class BinaryCache:
         """Every entry, checked in full (checksums, key recomputed from source.cl)."""
         found = []
         for key, where in self.entry_dirs():
-            nbytes = sum(p.stat().st_size for p in where.iterdir() if p.is_file())
+            nbytes = _tree_bytes(where)
             try:
                 info = _read_info(where)
             except (OSError, ValueError) as exc:
@@ -332,21 +332,56 @@ class BinaryCache:
         entries = sum(1 for _ in self.entry_dirs())
         templates = self.root / TEMPLATE_CODE
         nbytes = sum(_tree_bytes(d) for d in (self.programs_dir, self.pocl_dir, templates))
-        shutil.rmtree(self.programs_dir, ignore_errors=True)
-        shutil.rmtree(templates, ignore_errors=True)
+        # Each tree is renamed aside before it is deleted, so that a process reading or
+        # writing the cache at the same time sees whole entries or none, never half of one.
+        for tree in (self.programs_dir, templates):
+            _delete_aside(tree)
         if self.pocl_dir.is_dir():
             for child in self.pocl_dir.iterdir():
                 if child.is_dir():
-                    shutil.rmtree(child, ignore_errors=True)
+                    _delete_aside(child)
                 else:
                     child.unlink(missing_ok=True)
         return entries, nbytes
 
 
+def _listing(directory: Path) -> list[Path]:
+    """The sorted children of a directory; none where it is missing or unreadable."""
+    try:
+        return sorted(directory.iterdir())
+    except OSError:
+        return []
+
+
+def _delete_aside(tree: Path) -> None:
+    """Rename `tree` to a hidden name beside it, then delete it (another process clearing
+    at the same time may have taken it already: nothing to do then)."""
+    if not tree.exists():
+        return
+    try:
+        trash = Path(tempfile.mkdtemp(prefix=".trash-", dir=tree.parent))
+    except OSError:
+        shutil.rmtree(tree, ignore_errors=True)
+        return
+    try:
+        os.replace(tree, trash / tree.name)
+    except OSError:
+        shutil.rmtree(tree, ignore_errors=True)  # not renamable here: delete in place
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _tree_bytes(root: Path) -> int:
-    if not root.is_dir():
-        return 0
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+    """Bytes of the files under `root` (files that vanish while counted count nothing)."""
+    total = 0
+    try:
+        for p in root.rglob("*"):
+            try:
+                total += p.stat().st_size if p.is_file() else 0
+            except OSError:
+                continue
+    except OSError:
+        return total
+    return total
 
 
 def _info_fields(key: str, source: str, options: Sequence[str], fingerprint: str,

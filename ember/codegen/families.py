@@ -21,7 +21,7 @@ from typing import Any
 
 __all__ = [
     "DeviceTraits", "Family", "Target", "detect_family", "FAMILIES", "read_traits",
-    "TuningTable", "vendor_of",
+    "TuningTable", "vendor_of", "VectorUnit", "vector_unit", "llvm_cpu",
 ]
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ class DeviceTraits:
     local_mem_real: bool = True  # CL_DEVICE_LOCAL_MEM_TYPE is LOCAL (not global memory)
     compute_capability: tuple[int, int] | None = None  # cl_nv_device_attribute_query
     board_name: str = ""  # cl_amd_device_attribute_query (e.g. "Radeon RX 580 Series")
+    max_alloc_bytes: int = 0  # CL_DEVICE_MAX_MEM_ALLOC_SIZE (0: not known, not checked)
+    global_mem_bytes: int = 0  # CL_DEVICE_GLOBAL_MEM_SIZE (0: not known, not checked)
 
     @property
     def fp16(self) -> bool:
@@ -55,6 +57,12 @@ class DeviceTraits:
     @property
     def fp64(self) -> bool:
         return "cl_khr_fp64" in self.extensions
+
+    @property
+    def simulator(self) -> bool:
+        """A device simulator (Oclgrind): correct and checked, but far too slow to be used
+        unless asked for by name."""
+        return "oclgrind" in f"{self.platform} {self.name}".lower()
 
     @property
     def fingerprint(self) -> str:
@@ -117,6 +125,57 @@ def vendor_of(traits: DeviceTraits) -> str:
         if re.search(rf"\b{fragment}\b", text):
             return vendor
     return "generic"
+
+
+@dataclass(frozen=True)
+class VectorUnit:
+    """A CPU's float vector registers as the compiled kernels see them."""
+
+    lanes: int  # float32 lanes of one register
+    registers: int  # architectural vector registers
+
+
+# LLVM CPU names (PoCL compiles for one; its device version says which, after "HSTR:")
+# whose kernels get 512-bit registers; other x86-64 CPUs named here have AVX2 or AVX
+# (256 bits, 16 registers); anything else x86-64 is taken as SSE (128 bits, 16 registers).
+_X86_AVX512 = ("skylake-avx512", "cascadelake", "cooperlake", "cannonlake", "icelake",
+               "tigerlake", "rocketlake", "sapphirerapids", "emeraldrapids",
+               "graniterapids", "diamondrapids", "znver4", "znver5", "knl", "knm",
+               "x86-64-v4")
+_X86_AVX = ("sandybridge", "ivybridge", "haswell", "broadwell", "skylake", "alderlake",
+            "raptorlake", "meteorlake", "arrowlake", "lunarlake", "gracemont", "sierraforest",
+            "grandridge", "znver1", "znver2", "znver3", "bdver", "btver2", "x86-64-v3")
+
+
+def llvm_cpu(traits: DeviceTraits) -> str:
+    """The LLVM CPU a PoCL device compiles for ("" where the driver does not say), from
+    its version string, e.g. "OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3"."""
+    found = re.search(r"HSTR:\s*\S*?-(?:linux(?:-gnu\w*|-musl\w*|-android\w*)?|darwin[\w.]*"
+                      r"|windows(?:-\w+)?|freebsd[\w.]*)-([\w.-]+)",
+                      f"{traits.version} {traits.platform}")
+    return found.group(1).lower() if found else ""
+
+
+def vector_unit(traits: DeviceTraits) -> VectorUnit | None:
+    """The vector registers a CPU device's kernels use: from the LLVM CPU the driver
+    compiles for where it says (the preferred vector width of PoCL is 16 floats even
+    where the code it emits is AVX2), else from the preferred width; None where nothing
+    is reported."""
+    cpu = llvm_cpu(traits)
+    text = f"{traits.version} {traits.name}".lower()
+    if cpu and ("x86_64" in text or "x86-64" in cpu or cpu.startswith(("znver", "bdver"))
+                or any(cpu.startswith(n) for n in _X86_AVX512 + _X86_AVX)):
+        if any(cpu.startswith(n) for n in _X86_AVX512):
+            return VectorUnit(16, 32)
+        if any(cpu.startswith(n) for n in _X86_AVX):
+            return VectorUnit(8, 16)
+        return VectorUnit(4, 16)
+    if cpu and ("aarch64" in text or "arm64" in text):
+        return VectorUnit(4, 32)
+    lanes = traits.preferred_vector_width
+    if lanes < 4:
+        return None
+    return VectorUnit(lanes, 32 if lanes >= 16 or "arm" in text else 16)
 
 
 def _amd_arch(traits: DeviceTraits) -> str:
@@ -200,6 +259,8 @@ def read_traits(platform: Any, device: Any) -> DeviceTraits:
         local_mem_real=query("local_mem_type", cl.device_local_mem_type.LOCAL)
         == cl.device_local_mem_type.LOCAL,
         compute_capability=cc, board_name=board,
+        max_alloc_bytes=int(query("max_mem_alloc_size", 0)),
+        global_mem_bytes=int(query("global_mem_size", 0)),
     )
 
 

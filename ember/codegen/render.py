@@ -21,7 +21,8 @@ import numpy as np
 
 from ember.ir import DType
 
-__all__ = ["TemplateCodeCache", "render", "kernel_name", "c_literal", "contiguous_strides", "broadcast_strides"]
+__all__ = ["TemplateCodeCache", "render", "kernel_name", "c_literal", "contiguous_strides",
+           "broadcast_strides"]
 
 TEMPLATE_CODE = "templates"  # the compiled templates' folder under the cache directory
 

@@ -21,7 +21,8 @@ from ember.codegen.tunables import Checked, Lookup, params_for, tuning_key
 from ember.ir import DType
 
 __all__ = [
-    "RowParams", "choose_row_params", "row_params_for", "row_launch", "index_type", "lit", "loader", "storer",
+    "RowParams", "choose_row_params", "row_params_for", "row_launch", "index_type", "lit",
+    "loader", "storer",
     "accumulator", "MAX_LOCAL",
 ]
 

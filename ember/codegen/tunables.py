@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ember.codegen.families import Target
+from ember.codegen.families import Target, vector_unit
 
 __all__ = [
     "Checked", "Lookup", "LEVELS", "ParamKind", "Rule", "SearchSpace", "param_kinds", "params_for",
@@ -146,20 +146,19 @@ def _gemm_rules() -> tuple[Rule, ...]:
                  lambda p, t: not t.family.is_gpu or p.threads % t.simd_width == 0),)
 
 
-def _vector_registers(target: Target) -> int:
-    """x86 has 16 vector registers (32 with AVX-512, whose floats are 16 wide); AArch64 32."""
-    lanes = target.traits.preferred_vector_width
-    return 32 if lanes >= 16 or target.family.vendor == "arm" else 16
+def _vector_room(target: Target) -> tuple[int, int] | None:
+    """(float lanes per register, registers left for accumulators: two stay for an input
+    vector and a broadcast) of a CPU device, from `families.vector_unit`; None: unknown."""
+    unit = vector_unit(target.traits)
+    return None if unit is None else (unit.lanes, unit.registers - 2)
 
 
 def _accumulators_fit(what: str, vectors: Callable[[Any], int]) -> Rule:
     """A conv kernel's `what` accumulator vectors (of vw lanes) fit the vector registers,
     two left for an input vector and a broadcast weight."""
     def fits(p: Any, t: Target) -> bool:
-        lanes = t.traits.preferred_vector_width
-        if lanes < 4:  # not reported: nothing to check against
-            return True
-        return vectors(p) * math.ceil(p.vw / lanes) <= _vector_registers(t) - 2
+        room = _vector_room(t)
+        return room is None or vectors(p) * math.ceil(p.vw / room[0]) <= room[1]
 
     return Rule(f"{what} * ceil(vw / lanes) <= vector registers - 2: accumulators must not "
                 "spill", fits)
@@ -167,10 +166,8 @@ def _accumulators_fit(what: str, vectors: Callable[[Any], int]) -> Rule:
 
 def _cpu_rules() -> tuple[Rule, ...]:
     def fits(p: Any, t: Target) -> bool:
-        lanes = t.traits.preferred_vector_width
-        if lanes < 4:  # not reported: nothing to check against
-            return True
-        return p.mr * p.nv * math.ceil(p.vw / lanes) <= _vector_registers(t) - 2
+        room = _vector_room(t)
+        return room is None or p.mr * p.nv * math.ceil(p.vw / room[0]) <= room[1]
 
     return (Rule("mr * nv * ceil(vw / lanes) <= vector registers - 2: accumulators must not "
                  "spill (two registers stay for a B vector and a broadcast)", fits),)
@@ -178,10 +175,8 @@ def _cpu_rules() -> tuple[Rule, ...]:
 
 def _gemv_rules() -> tuple[Rule, ...]:
     def fits(p: Any, t: Target) -> bool:
-        lanes = t.traits.preferred_vector_width
-        if lanes < 4:  # not reported: nothing to check against
-            return True
-        return p.nv * math.ceil(p.vw / lanes) <= _vector_registers(t) - 2
+        room = _vector_room(t)
+        return room is None or p.nv * math.ceil(p.vw / room[0]) <= room[1]
 
     return (Rule("nv * ceil(vw / lanes) <= vector registers - 2: a row's accumulators must not "
                  "spill (two registers stay for a B vector and a broadcast)", fits),)

@@ -17,6 +17,15 @@ cannot pass. Times are OpenCL profiling-event times: warm-up runs, then the medi
 repeats, each run on the next of several copies of the buffers so that caches do not
 flatter.
 
+Isolation: candidates are measured in worker processes (ember/workers.py: a kernel that
+crashes the driver kills a worker, not the caller). A job measures up to `_CHUNK` candidates
+(one program build, one Bench per worker for the spec); the worker opens the tuner's device
+by its fingerprint, lowers each candidate itself from (spec, target with that candidate's
+table) through the tuner's `lowerer` (a module-level function, pickled by name) and runs
+`Bench.measure`, exactly as in process. When a job's worker dies, each of its candidates is
+measured again alone, so that only the one that crashed is rejected, with the signal in its
+error. EMBER_WORKERS=0 measures in this process.
+
 Search: the builder's own (default) parameters first, then every candidate when the space
 is small, else a random sample and a local refinement around the best (one axis step at a
 time, until no neighbour is faster), then another sample and refinement (`restarts`),
@@ -41,6 +50,7 @@ from ember.codegen.families import Target, TuningTable
 from ember.codegen.kernels import IN, OUT, TMP, Kernel, Lowered, NodeSpec, lower, program_header
 from ember.codegen.tunables import Lookup, param_kinds, search_space, tunable_spec
 from ember.codegen.tuning_db import TuningDB
+from ember.workers import isolated, shared_pool
 from ember.ir import OPS, DType
 from ember.ir.ops.attention import attention_geometry
 
@@ -287,11 +297,90 @@ def _build(device: TuningDevice, lowereds: Sequence[Lowered]) -> Any:
         raise Rejected(f"build failed: {str(exc).strip()[:500]}") from None
 
 
+def _measure_batch(device: TuningDevice, bench: Bench, candidates: Sequence[tuple[Any, Lowered]],
+                   stop: float) -> list[tuple[Any, tuple[float | None, str | None]]]:
+    """(params, (median seconds or None, error)) of each candidate measured before `stop`:
+    their kernels built as one program (each alone when that fails, to find the culprit)."""
+    try:
+        program = _build(device, [lowered for _, lowered in candidates])
+        programs: list[Any] = [program] * len(candidates)
+    except Rejected:
+        programs = []
+        for _, lowered in candidates:
+            try:
+                programs.append(_build(device, [lowered]))
+            except Rejected as exc:
+                programs.append(exc)
+    found: list[tuple[Any, tuple[float | None, str | None]]] = []
+    for (params, lowered), program in zip(candidates, programs):
+        if time.perf_counter() > stop and found:
+            break
+        if isinstance(program, Rejected):
+            found.append((params, (None, str(program))))
+            continue
+        try:
+            found.append((params, (bench.measure(lowered, program), None)))
+        except Rejected as exc:
+            found.append((params, (None, str(exc))))
+    return found
+
+
+class _WorkerDevice:
+    """The tuner's device as a worker opens it: found by fingerprint, own context."""
+
+    def __init__(self, fingerprint: str, target: Target) -> None:
+        import pyopencl as cl
+
+        from ember.codegen.cache import share_pocl_cache
+        from ember.codegen.families import read_traits
+
+        share_pocl_cache()  # the parent's POCL_CACHE_DIR is inherited; this is a no-op then
+        for platform in cl.get_platforms():
+            for device in platform.get_devices():
+                if read_traits(platform, device).fingerprint == fingerprint:
+                    self.context = cl.Context([device])
+                    self.target = target
+                    self.profiling_queue = cl.CommandQueue(
+                        self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
+                    return
+        raise RuntimeError(f"no OpenCL device with fingerprint {fingerprint!r} in the worker")
+
+
+_WORKER_STATE: dict[str, Any] = {}  # a worker's device and its last Bench
+
+
+def _measure_in_worker(fingerprint: str, spec: NodeSpec, target: Target, budget: TuneBudget,
+                       lowerer: Callable[[NodeSpec, Target], Lowered | None],
+                       tables: list[tuple[Any, TuningTable]], seconds: float
+                       ) -> list[tuple[float | None, str | None]]:
+    """A worker's job: lower each candidate (its params in its own table) and measure them
+    as `_measure_batch` does; the results in the candidates' order, those measured in time."""
+    device = _WORKER_STATE.get("device")
+    if device is None or _WORKER_STATE.get("fingerprint") != fingerprint:
+        device = _WorkerDevice(fingerprint, target)
+        _WORKER_STATE.update(device=device, fingerprint=fingerprint, bench=None)
+    device.target = target
+    key = (spec, budget, fingerprint)
+    bench = _WORKER_STATE.get("bench")
+    if bench is None or _WORKER_STATE.get("bench_key") != key:
+        bench = Bench(spec, device, budget, budget.seed)
+        _WORKER_STATE.update(bench=bench, bench_key=key)
+    candidates = []
+    for params, table in tables:
+        lowered = lowerer(spec, target.with_tuning(table))
+        if lowered is None:
+            raise RuntimeError(f"the builder did not take {params} in the worker")
+        candidates.append((params, lowered))
+    stop = time.perf_counter() + seconds
+    return [result for _, result in _measure_batch(device, bench, candidates, stop)]
+
+
 class Tuner:
     """Tunes kernels of one device and stores the winners in its TuningDB.
 
     `lowerer` is how a spec becomes launches (`lower`, the compiler's own path); tests
-    pass a wrapper that breaks one candidate's kernel to show it is rejected."""
+    pass a wrapper that breaks one candidate's kernel to show it is rejected. Workers get it
+    pickled by name: it must be a module-level function of an importable module."""
 
     def __init__(self, device: TuningDevice, db: TuningDB | None = None,
                  budget: TuneBudget = TuneBudget(), *, progress: bool | None = None,
@@ -340,7 +429,9 @@ class Tuner:
         space = search_space(lookup.kind, self.target, itemsize)
         kind = param_kinds()[lookup.kind]
         pool = list(candidates) if candidates is not None else list(space.legal)
-        bench = Bench(plain, self.device, self.budget, self.budget.seed)
+        # in a worker (which makes its own Bench), else here
+        bench = None if isolated() else Bench(plain, self.device, self.budget,
+                                              self.budget.seed)
         seen: dict[tuple[str, ...], Trial] = {}
         exhaustive = candidates is not None or len(pool) <= self.budget.exhaustive_limit
         bar = self._bar(1 + (len(pool) if exhaustive else self.budget.samples), lookup.key)
@@ -367,7 +458,7 @@ class Tuner:
                     continue
                 todo.append((params, lowered, names))
             for i in range(0, len(todo), _CHUNK):
-                self._measure_chunk(bench, todo[i:i + _CHUNK], result, seen, stop, bar)
+                self._measure_chunk(bench, todo[i:i + _CHUNK], result, seen, stop, bar, plain)
 
         measure([lookup.params])
         if exhaustive:
@@ -395,28 +486,12 @@ class Tuner:
         self._store(result)
         return result
 
-    def _measure_chunk(self, bench: Bench, todo: list, result: TuneResult,
-                       seen: dict[tuple[str, ...], Trial], stop: float, bar: Any) -> None:
-        try:
-            program = _build(self.device, [lowered for _, lowered, _ in todo])
-            programs = [program] * len(todo)
-        except Rejected:
-            programs = []  # find the culprit: build each alone
-            for _, lowered, _ in todo:
-                try:
-                    programs.append(_build(self.device, [lowered]))
-                except Rejected as exc:
-                    programs.append(exc)
-        for (params, lowered, names), program in zip(todo, programs):
-            if time.perf_counter() > stop and result.trials:
-                return
-            if isinstance(program, Rejected):
-                trial = Trial(params, None, str(program))
-            else:
-                try:
-                    trial = Trial(params, bench.measure(lowered, program))
-                except Rejected as exc:
-                    trial = Trial(params, None, str(exc))
+    def _measure_chunk(self, bench: Bench | None, todo: list, result: TuneResult,
+                       seen: dict[tuple[str, ...], Trial], stop: float, bar: Any,
+                       plain: NodeSpec) -> None:
+        for params, (seconds, error) in self._measure_many(todo, result, stop, bench, plain):
+            names = next(n for p, _, n in todo if p == params)
+            trial = Trial(params, seconds, error)
             if trial.error:
                 log.info("%s candidate %s rejected: %s", result.kind, params, trial.error)
             result.trials.append(trial)
@@ -425,6 +500,37 @@ class Tuner:
             best = result.best
             if best is not None:
                 bar.set_postfix_str(f"best {result.gflops(best.seconds) or 0:.1f} {result.unit}")
+
+    def _measure_many(self, todo: list, result: TuneResult, stop: float, bench: Bench | None,
+                      plain: NodeSpec | None) -> list[tuple[Any, tuple[float | None, str | None]]]:
+        """(params, (seconds, error)) of the candidates measured before `stop`: in this
+        process (`bench` given) or in a worker, each alone again when a batch crashed."""
+        if bench is not None:
+            return _measure_batch(self.device, bench, [(p, lw) for p, lw, _ in todo], stop)
+        assert plain is not None
+        table_of = [(params, TuningTable.of({(result.kind, result.key): params}))
+                    for params, _, _ in todo]
+        job = (_measure_in_worker, (self.device.target.traits.fingerprint, plain, self.target,
+                                    self.budget, self.lowerer, table_of,
+                                    stop - time.perf_counter()))
+        timeout = max(60.0, 20 * self.budget.kernel_seconds)
+        pool = shared_pool()
+        (outcome,) = pool.run([job], timeout, parallel=1)
+        if outcome.ok:
+            return list(zip([p for p, _ in table_of], outcome.value))[:len(outcome.value)]
+        if not outcome.crashed:
+            return [(p, (None, outcome.error)) for p, _ in table_of]
+        if len(table_of) == 1:
+            return [(table_of[0][0], (None, outcome.error))]
+        found = []  # the batch crashed: which candidate did it?
+        for one in table_of:
+            if time.perf_counter() > stop and found:
+                break
+            alone = (_measure_in_worker, (*job[1][:5], [one], stop - time.perf_counter()))
+            (outcome,) = pool.run([alone], timeout, parallel=1)
+            found.append((one[0], outcome.value[0] if outcome.ok and outcome.value
+                           else (None, outcome.error or "not measured")))
+        return found
 
     def _store(self, result: TuneResult) -> None:
         best = result.best

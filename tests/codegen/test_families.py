@@ -10,7 +10,9 @@ import logging
 
 import pytest
 
-from ember.codegen.families import FAMILIES, DeviceTraits, Target, TuningTable, detect_family
+from ember.codegen.families import (
+    FAMILIES, DeviceTraits, Target, TuningTable, VectorUnit, detect_family, llvm_cpu, vector_unit,
+)
 from ember.codegen.gemm_cpu import CpuGemmParams
 from ember.codegen.kernels import NodeSpec
 from ember.codegen.matmul import GemmParams
@@ -197,6 +199,31 @@ def test_cpu_space_keeps_accumulators_in_registers():
     neighbours = small.neighbours(CpuGemmParams(6, 8, 2))
     assert CpuGemmParams(4, 8, 2) in neighbours and CpuGemmParams(6, 8, 2, 2) in neighbours
     assert all(p in small.legal for p in neighbours)
+
+
+@pytest.mark.parametrize("version, cpu, lanes, registers", [
+    ("OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver3", "znver3", 8, 16),
+    ("OpenCL 3.0 PoCL HSTR: pthread-x86_64-pc-linux-gnu-skylake-avx512", "skylake-avx512",
+     16, 32),
+    ("OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-znver4", "znver4", 16, 32),
+    ("OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-x86-64-v3", "x86-64-v3", 8, 16),
+    ("OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-nehalem", "nehalem", 4, 16),
+    ("OpenCL 3.0 PoCL HSTR: pthread-aarch64-unknown-linux-gnu-cortex-a72", "cortex-a72", 4, 32),
+])
+def test_vector_unit_comes_from_the_llvm_cpu(version, cpu, lanes, registers):
+    """PoCL says 16 preferred float lanes even where it emits AVX2: the register rules
+    follow the LLVM CPU named in its version string."""
+    base = DEVICES["pocl_intel_cpu"][0]
+    traits = dataclasses.replace(base, version=version)
+    assert llvm_cpu(traits) == cpu
+    assert vector_unit(traits) == VectorUnit(lanes, registers)
+
+
+def test_vector_unit_without_a_named_cpu_uses_the_preferred_width():
+    assert vector_unit(DEVICES["pocl_amd_cpu"][0]) == VectorUnit(8, 16)
+    assert vector_unit(DEVICES["pocl_intel_cpu"][0]) == VectorUnit(16, 32)
+    assert vector_unit(dataclasses.replace(DEVICES["pocl_amd_cpu"][0],
+                                           preferred_vector_width=1)) is None
 
 
 # -- tuning keys ---------------------------------------------------------------------------------

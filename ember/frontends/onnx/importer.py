@@ -18,7 +18,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ember.errors import EmberError, NonConstantInputError, ShapeError, UnsupportedOpError
+from ember.errors import (
+    DTypeError,
+    EmberError,
+    ModelLoadError,
+    NonConstantInputError,
+    UnsupportedOpError,
+)
+from ember.frontends.dims import resolve_shapes
+from ember.frontends.onnx.checks import check_model, default_opset, node_label
 from ember.ir import OPS, DType, Graph, TensorType, Value
 
 __all__ = ["ImportContext", "onnx_op", "CONVERTERS", "import_graph", "value_info_type"]
@@ -30,6 +38,13 @@ CONVERTERS: dict[str, Converter] = {}
 
 # Results of folding larger than this stay computed at run time.
 FOLD_LIMIT = 1 << 24
+
+# Attributes that ONNX defines as flags (0 or 1) on the ops ember converts.
+FLAG_ATTRIBUTES = frozenset({
+    "keepdims", "transA", "transB", "noop_with_empty_axes", "largest", "sorted", "exclusive",
+    "reverse", "upper", "ceil_mode", "count_include_pad", "select_last_index",
+    "training_mode", "allowzero", "detect_negative", "detect_positive",
+})
 
 
 def onnx_op(*op_types: str) -> Callable[[Converter], Converter]:
@@ -106,12 +121,22 @@ class ImportContext:
         for a in node.attribute:
             if a.name == name:
                 value = helper.get_attribute_value(a)
-                if isinstance(value, bytes):
-                    return value.decode()
-                if isinstance(value, onnx.TensorProto):
-                    return numpy_helper.to_array(value)
-                if isinstance(value, list) and value and isinstance(value[0], bytes):
-                    return [v.decode() for v in value]
+                if name in FLAG_ATTRIBUTES and value not in (0, 1):
+                    # runtimes disagree on what 2 or -2**40 means (onnxruntime keeps the
+                    # low 32 bits); a flag that is neither 0 nor 1 is refused, not guessed
+                    raise UnsupportedOpError(
+                        f"{node_label(node)}: attribute {name}={value!r} is a flag, "
+                        f"0 or 1")
+                try:
+                    if isinstance(value, bytes):
+                        return value.decode()
+                    if isinstance(value, onnx.TensorProto):
+                        return numpy_helper.to_array(value)
+                    if isinstance(value, list) and value and isinstance(value[0], bytes):
+                        return [v.decode() for v in value]
+                except (UnicodeDecodeError, ValueError, TypeError) as exc:
+                    raise ModelLoadError(f"{node_label(node)}: attribute {name} cannot be "
+                                         f"read: {exc}") from exc
                 return value
         return default
 
@@ -157,47 +182,31 @@ def value_info_type(info: onnx.ValueInfoProto) -> tuple[tuple[int | str | None, 
     dtype = DType.from_onnx(tensor.elem_type)
     dims: list[int | str | None] = []
     for d in tensor.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:
             dims.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
+        elif d.HasField("dim_param") and d.dim_param:
             dims.append(d.dim_param)
-        else:
+        else:  # no size, or a negative one some exporters write for "dynamic"
             dims.append(None)
     return tuple(dims), dtype
 
 
-def _resolve_shape(name: str, dims, given: Sequence[int] | None) -> tuple[int, ...]:
-    if given is None:
-        # Symbolic dims default to 1 until the model is called with real shapes.
-        return tuple(d if isinstance(d, int) else 1 for d in dims)
-    given = tuple(int(d) for d in given)
-    if len(given) != len(dims):
-        raise ShapeError(f"input {name!r}: input_shapes gives rank {len(given)} {given}, "
-                         f"the model says rank {len(dims)} {tuple(dims)}")
-    for axis, (want, got) in enumerate(zip(dims, given)):
-        if isinstance(want, int) and want != got:
-            raise ShapeError(f"input {name!r}: dim {axis} is fixed at {want} by the model, "
-                             f"input_shapes gives {got} (shape {given})")
-    return given
+def _check_output_dtype(info: onnx.ValueInfoProto, computed: DType) -> None:
+    """A graph output declared with one element type and computed as another: a caller
+    reading the declaration would misread the result (onnxruntime refuses such models)."""
+    declared = info.type.tensor_type.elem_type if info.type.HasField("tensor_type") else 0
+    if declared and DType.from_onnx(declared) != computed:
+        raise DTypeError(f"graph output {info.name!r} is declared "
+                         f"{DType.from_onnx(declared)}, the graph computes {computed}")
 
 
-def _check_supported(graph: onnx.GraphProto, opset: int) -> None:
-    """Raise one UnsupportedOpError naming every op type the importer lacks."""
-    missing: dict[str, list[str]] = {}
-    for node in graph.node:
-        domain = node.domain or "ai.onnx"
-        known = domain in ("ai.onnx", "") and node.op_type in CONVERTERS
-        if not known:
-            key = node.op_type if domain == "ai.onnx" else f"{domain}.{node.op_type}"
-            missing.setdefault(key, []).append(node.name or node.output[0])
-    if missing:
-        first_op, first_nodes = next(iter(missing.items()))
-        others = [f"{op} (e.g. node {nodes[0]!r})" for op, nodes in list(missing.items())[1:]]
-        text = (f"ONNX op {first_op} (node {first_nodes[0]!r}, opset {opset}) is not supported "
-                f"by ember")
-        if others:
-            text += "; the model also uses unsupported: " + ", ".join(others)
-        raise UnsupportedOpError(text)
+def _initializer_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """An initializer's value; data that does not fit its dims or dtype: ModelLoadError."""
+    try:
+        return numpy_helper.to_array(tensor)
+    except Exception as exc:  # noqa: BLE001 - onnx raises several kinds on malformed data
+        raise ModelLoadError(f"initializer {tensor.name!r} (dims {list(tensor.dims)}, "
+                             f"data type {tensor.data_type}) cannot be read: {exc}") from exc
 
 
 def import_graph(
@@ -207,31 +216,29 @@ def import_graph(
     constant_inputs: Mapping[str, np.ndarray] | None = None,
 ) -> Graph:
     """Convert a (checked, opset-normalized) ModelProto into an ember Graph."""
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(model)
     onnx_graph = model.graph
-    _check_supported(onnx_graph, opset)
+    check_model(model, "the model", CONVERTERS)
     graph = Graph(onnx_graph.name or "model")
     ctx = ImportContext(graph, opset)
     constant_inputs = dict(constant_inputs or {})
-    input_shapes = dict(input_shapes or {})
     initializers = {t.name for t in onnx_graph.initializer}
-    known_inputs = [i.name for i in onnx_graph.input if i.name not in initializers]
-    unknown = sorted(set(input_shapes) - set(known_inputs))
-    if unknown:
-        raise ShapeError(f"input_shapes names unknown input(s) {unknown}; inputs: {known_inputs}")
+    signature = {info.name: value_info_type(info) for info in onnx_graph.input
+                 if info.name not in initializers}
+    # Inputs frozen as constants fix the dims they share with the others, like given shapes.
+    given = {name: np.shape(array) for name, array in constant_inputs.items()
+             if name in signature}
+    given.update(input_shapes or {})
+    shapes = resolve_shapes({name: dims for name, (dims, _) in signature.items()}, given)
 
     for tensor in onnx_graph.initializer:
-        ctx.values[tensor.name] = graph.add_constant(numpy_helper.to_array(tensor), name=tensor.name)
-    for info in onnx_graph.input:
-        if info.name in initializers:
+        ctx.values[tensor.name] = graph.add_constant(_initializer_array(tensor), name=tensor.name)
+    for name, (_, dtype) in signature.items():
+        if name in constant_inputs:
+            array = np.asarray(constant_inputs[name], dtype=dtype.np_dtype)
+            ctx.values[name] = graph.add_constant(array, name=name)
             continue
-        dims, dtype = value_info_type(info)
-        if info.name in constant_inputs:
-            array = np.asarray(constant_inputs[info.name], dtype=dtype.np_dtype)
-            ctx.values[info.name] = graph.add_constant(array, name=info.name)
-            continue
-        shape = _resolve_shape(info.name, dims, input_shapes.get(info.name))
-        ctx.values[info.name] = graph.add_input(info.name, TensorType(shape, dtype))
+        ctx.values[name] = graph.add_input(name, TensorType(shapes[name], dtype))
 
     for node in onnx_graph.node:
         ctx.node = node
@@ -251,6 +258,7 @@ def import_graph(
     for info in onnx_graph.output:
         if info.name not in ctx.values:
             raise EmberError(f"graph output {info.name!r} is produced by no node")
+        _check_output_dtype(info, graph.type_of(ctx.values[info.name]).dtype)
         outputs.append((info.name, ctx.values[info.name]))
     graph.set_outputs(outputs)
     return graph

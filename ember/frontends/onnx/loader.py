@@ -1,5 +1,10 @@
 """Reading ONNX models: files (with external data), bytes or protos, checked and brought to
-an opset ember converts (13 and newer; older models go through onnx's version converter)."""
+an opset ember converts (13 and newer; older models go through onnx's version converter).
+
+ember's own checks (checks.py: opset, unsupported ops, cycles) run before onnx's checker, so
+that what ember cannot compile is named by op, node and opset; whatever onnx or protobuf
+then refuses becomes a ModelLoadError naming the model and what failed.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,18 @@ import onnx
 from onnx import version_converter
 
 from ember.errors import ModelLoadError
+from ember.frontends.onnx.checks import MAX_OPSET, check_model, default_opset
+from ember.frontends.onnx.importer import CONVERTERS  # filled by the package's converters
 
-__all__ = ["load_model", "MIN_OPSET", "MAX_TESTED_OPSET", "model_opset"]
+__all__ = ["load_model", "MIN_OPSET", "MAX_OPSET", "model_opset"]
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 13
-MAX_TESTED_OPSET = 21
 
 
 def model_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return default_opset(model)
 
 
 def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
@@ -46,6 +52,7 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
             raise ModelLoadError(f"cannot read ONNX model {path}: {exc}") from None
     if not proto.graph.node and not proto.graph.output:
         raise ModelLoadError(f"{where} holds no graph (empty or truncated file?)")
+    check_model(proto, where, CONVERTERS)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:

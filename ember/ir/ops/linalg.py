@@ -279,7 +279,8 @@ def conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None, *,
     cols = cols.reshape(g.batch, groups, g.cin_per_group, *g.out_spatial, *g.kernel)
     order = (0, 1, *range(3, 3 + rank), 2, *range(3 + rank, 3 + 2 * rank))
     p = math.prod(g.out_spatial)
-    cols = cols.transpose(order).reshape(g.batch, groups, p, -1)
+    cols = cols.transpose(order).reshape(g.batch, groups, p,
+                                         g.cin_per_group * math.prod(g.kernel))  # -1 fails at 0
     wg = w.astype(acc, copy=False).reshape(groups, g.cout_per_group, -1)
     y = np.matmul(cols, np.swapaxes(wg, -1, -2))  # (N, G, P, Cog)
     y = np.swapaxes(y, -1, -2).reshape(g.out_shape)

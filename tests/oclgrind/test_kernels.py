@@ -1,0 +1,140 @@
+"""Every kernel builder on Oclgrind: each registered op's kernel once or a few times on
+small odd shapes (partial vectors and tiles, broadcasts, strides, padding), compiled at
+opt_level 0 in strict mode (so it really runs as a device kernel) for the families whose
+strategies differ (target "oclgrind@FAMILY"), checked against the numpy reference, and
+without one invalid access.
+
+Builders that choose by family (GEMM, convolutions, attention, row kernels, reductions)
+run for every family; the others choose by CPU or GPU at most and run for "gpu" and "cpu".
+The conv_rows strategy's kernels (CPU family, few input channels) are checked in
+test_search_spaces.py: Oclgrind cannot load most of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ember.ir import DType
+from tests.harness import check_op
+from tests.oclgrind.conftest import FAMILY_NAMES
+from tests.strategies import array_for
+
+pytestmark = pytest.mark.oclgrind
+
+F32, I32, I64, BOOL = DType.FLOAT32, DType.INT32, DType.INT64, DType.BOOL
+CPU_AND_GPU = ("gpu", "cpu")
+
+
+def f32(seed: int, *shape: int, low: float = -4.0, high: float = 4.0) -> np.ndarray:
+    return array_for(seed, shape, F32, low=low, high=high)
+
+
+def indices(seed: int, shape: tuple[int, ...], bound: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, bound, size=shape).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    arrays: Callable[[], list[np.ndarray]]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    families: tuple[str, ...] = CPU_AND_GPU
+    name: str = ""
+
+
+CASES = [
+    # elementwise (vectorized on the CPU family)
+    Case("Add", lambda: [f32(1, 3, 37), f32(2, 37)]),
+    Case("Div", lambda: [f32(3, 5, 1, 7), f32(4, 3, 7, low=0.5)]),
+    Case("Pow", lambda: [f32(5, 41, low=0.1), f32(6, 41, low=-2, high=2)]),
+    Case("Log", lambda: [f32(7, 3, 37, low=0.01)]),
+    Case("Erf", lambda: [f32(8, 3, 37)]),
+    Case("Tanh", lambda: [f32(9, 3, 37)]),
+    Case("Gelu", lambda: [f32(10, 3, 37)]),
+    Case("Clip", lambda: [f32(11, 3, 37)], {"min": -1.0, "max": 2.0}),
+    Case("Where", lambda: [array_for(12, (3, 37), BOOL), f32(13, 3, 37), f32(14, 37)]),
+    Case("Cast", lambda: [f32(15, 3, 37)], {"to": I32}),
+    Case("Less", lambda: [f32(16, 3, 37), f32(17, 3, 1)]),
+    Case("Xor", lambda: [array_for(18, (3, 37), BOOL), array_for(19, (37,), BOOL)]),
+    # linear algebra
+    Case("MatMul", lambda: [f32(20, 17, 31), f32(21, 31, 19)], families=FAMILY_NAMES),
+    Case("MatMul", lambda: [f32(22, 2, 5, 7), f32(23, 2, 7, 11)], families=FAMILY_NAMES,
+         name="batched"),
+    Case("MatMul", lambda: [f32(24, 1, 33), f32(25, 33, 19)], families=FAMILY_NAMES,
+         name="gemv"),
+    Case("MatMul", lambda: [array_for(26, (5, 13), I32), array_for(27, (13, 11), I32)],
+         families=FAMILY_NAMES, name="int32"),
+    Case("Conv", lambda: [f32(28, 1, 6, 11, 13), f32(29, 5, 6, 3, 3)],
+         {"strides": (2, 2), "pads": (1, 1, 1, 1)}, FAMILY_NAMES),
+    Case("Conv", lambda: [f32(30, 1, 5, 13, 19), f32(31, 5, 1, 3, 3)],
+         {"group": 5, "strides": (2, 2), "pads": (1, 1, 1, 1)}, FAMILY_NAMES, "depthwise"),
+    Case("ConvTranspose", lambda: [f32(32, 1, 3, 5, 7), f32(33, 3, 4, 3, 3)],
+         {"strides": (2, 2), "pads": (1, 1, 1, 1)}, FAMILY_NAMES),
+    Case("BatchNormalization", lambda: [f32(34, 1, 3, 5, 7), f32(35, 3), f32(36, 3),
+                                        f32(37, 3), f32(38, 3, low=0.5)]),
+    Case("Attention", lambda: [f32(39, 2, 13, 16), f32(40, 2, 19, 16), f32(41, 2, 19, 24),
+                               f32(42, 1, 13, 19)], {"scale": 0.25}, FAMILY_NAMES),
+    # row kernels
+    Case("Softmax", lambda: [f32(43, 3, 37)], {"axis": -1}, FAMILY_NAMES),
+    Case("LogSoftmax", lambda: [f32(44, 5, 3, 7)], {"axis": 1}, FAMILY_NAMES),
+    Case("LayerNormalization", lambda: [f32(45, 5, 33), f32(46, 33), f32(47, 33)],
+         {"axis": -1}, FAMILY_NAMES),
+    Case("InstanceNormalization", lambda: [f32(48, 2, 3, 17), f32(49, 3), f32(50, 3)],
+         families=FAMILY_NAMES),
+    Case("RMSNormalization", lambda: [f32(51, 5, 33), f32(52, 33)], families=FAMILY_NAMES),
+    Case("LRN", lambda: [f32(53, 1, 5, 3, 7)], {"size": 3}),
+    # pooling and reductions
+    Case("MaxPool", lambda: [f32(54, 1, 2, 9, 11)],
+         {"kernel_shape": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)}),
+    Case("AveragePool", lambda: [f32(55, 1, 2, 9, 11)],
+         {"kernel_shape": (3, 2), "strides": (2, 1), "pads": (1, 0, 1, 1)}),
+    Case("GlobalAveragePool", lambda: [f32(56, 1, 3, 5, 7)]),
+    Case("GlobalMaxPool", lambda: [f32(57, 1, 3, 5, 7)]),
+    Case("ReduceSum", lambda: [f32(58, 3, 37, 5)], {"axes": (1,)}, FAMILY_NAMES),
+    Case("ReduceMax", lambda: [f32(59, 3, 7, 5)], {"axes": (0, 2), "keepdims": 0},
+         FAMILY_NAMES),
+    Case("ReduceMean", lambda: [f32(60, 2, 4099)], {"axes": (1,)}, FAMILY_NAMES, "long"),
+    Case("ArgMax", lambda: [f32(61, 5, 19)], {"axis": 1}),
+    Case("CumSum", lambda: [f32(62, 4, 19, 3)], {"axis": 1, "exclusive": 1, "reverse": 1}),
+    Case("TopK", lambda: [f32(63, 5, 19)], {"k": 4}),
+    # data movement
+    Case("Transpose", lambda: [f32(64, 2, 3, 5)], {"perm": (2, 0, 1)}),
+    Case("Reshape", lambda: [f32(65, 3, 10)], {"shape": (5, 6)}),
+    Case("Slice", lambda: [f32(66, 5, 7)], {"starts": (1, 0), "ends": (4, 7), "steps": (1, 2)}),
+    Case("Expand", lambda: [f32(67, 3, 1)], {"shape": (2, 3, 5)}),
+    Case("Tile", lambda: [f32(68, 2, 3)], {"repeats": (2, 3)}),
+    Case("DepthToSpace", lambda: [f32(69, 1, 8, 3, 5)], {"blocksize": 2}),
+    Case("SpaceToDepth", lambda: [f32(70, 1, 2, 6, 10)], {"blocksize": 2}),
+    Case("Concat", lambda: [f32(71, 2, 3), f32(72, 2, 5)], {"axis": 1}),
+    Case("Split", lambda: [f32(73, 7, 3)], {"axis": 0, "splits": (3, 4)}),
+    Case("Pad", lambda: [f32(74, 3, 5)], {"pads": (1, 2, 0, 1), "mode": "reflect"}),
+    Case("Gather", lambda: [f32(75, 5, 7), indices(76, (3, 2), 7)], {"axis": 1}),
+    Case("GatherElements", lambda: [f32(77, 5, 7), indices(78, (5, 3), 7)], {"axis": 1}),
+    Case("OneHot", lambda: [indices(79, (5,), 7)],
+         {"depth": 7, "values": np.array([0.0, 1.0], np.float32)}),
+    Case("Trilu", lambda: [f32(80, 5, 7)], {"upper": 0, "k": 1}),
+    Case("Resize", lambda: [f32(81, 1, 1, 5, 6)],
+         {"sizes": (1, 1, 7, 9), "scales": (1.0, 1.0, 1.4, 1.5), "mode": "linear"}),
+    Case("Identity", lambda: [f32(82, 3, 5)]),
+]
+
+PARAMS = [pytest.param(case, family, id=f"{case.op}{'-' + case.name if case.name else ''}-{family}")
+          for case in CASES for family in case.families]
+
+
+@pytest.mark.parametrize("case, family", PARAMS)
+def test_kernel_is_memory_safe_and_correct(case: Case, family: str):
+    model = check_op(case.op, case.arrays(), case.attrs, target=f"oclgrind@{family}")
+    assert model.device.info.traits.simulator and model.device.target.family.name == family
+
+
+def test_every_kernel_builder_is_covered():
+    from ember.codegen.kernels import KERNEL_BUILDERS
+
+    builders = {KERNEL_BUILDERS[case.op] for case in CASES}
+    missing = {op for op, builder in KERNEL_BUILDERS.items() if builder not in builders}
+    assert missing <= {"FusedElementwise"}, sorted(missing)
