@@ -61,6 +61,7 @@ def _child(name: str) -> None:
     import ember
     from ember.codegen.cache import default_cache
 
+    ember.compile  # noqa: B018 - the compiler (and onnx) load at first use: count them here
     imported = time.perf_counter()
     feeds = _feeds(name)
     model = ember.compile(MODELS / f"{name}.onnx",

@@ -250,9 +250,12 @@ class Bench:
         for row_in, row_out in zip(inputs, outputs):
             kernels = []
             for launch in lowered.launches:
-                kernel = cl.Kernel(program, launch.kernel.name)
-                kernel.set_args(*[{IN: row_in, OUT: row_out, TMP: temps}[kind][i]
-                                  for kind, i in launch.args])
+                try:
+                    kernel = cl.Kernel(program, launch.kernel.name)
+                    kernel.set_args(*[{IN: row_in, OUT: row_out, TMP: temps}[kind][i]
+                                      for kind, i in launch.args])
+                except cl.Error as exc:
+                    raise Rejected(f"kernel {launch.kernel.name} not usable: {exc}") from None
                 kernels.append((kernel, launch.global_size, launch.local_size))
             runs.append(kernels)
 
@@ -515,7 +518,11 @@ class Tuner:
                                     stop - time.perf_counter()))
         timeout = max(60.0, 20 * self.budget.kernel_seconds)
         pool = shared_pool()
-        (outcome,) = pool.run([job], timeout, parallel=1)
+        try:
+            (outcome,) = pool.run([job], timeout, parallel=1)
+        except OSError as exc:  # no worker could be started: nothing is measured unsafely
+            return [(p, (None, f"no tuning worker could be started: {exc}"))
+                    for p, _ in table_of]
         if outcome.ok:
             return list(zip([p for p, _ in table_of], outcome.value))[:len(outcome.value)]
         if not outcome.crashed:

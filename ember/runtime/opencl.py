@@ -217,7 +217,11 @@ def prebuild(plan: ExecutionPlan, device: OpenCLDevice,
     # each worker builds the whole program first (~0.3-0.5 s on PoCL): another worker pays
     # off only for several kernels
     parallel = min(worker_count(), -(-len(jobs) // _KERNELS_PER_WORKER))
-    outcomes = shared_pool().run(jobs, timeout=600.0, parallel=parallel)
+    try:
+        outcomes = shared_pool().run(jobs, timeout=600.0, parallel=parallel)
+    except OSError as exc:  # no process could be started (limits, no memory): build here
+        log.warning("could not start build workers (%s); building in this process", exc)
+        return []
     log.info("built %d kernel(s) in workers in %.2fs", len(jobs), time.perf_counter() - start)
     crashed = {name: o.error for name, o in zip(names, outcomes) if o.crashed}
     for name, o in zip(names, outcomes):
