@@ -42,18 +42,19 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing ember
 
 import ember  # noqa: E402
-from ember.codegen.gemm_cpu import (  # noqa: E402
+from ember.codegen.kernels.gemm_cpu import (  # noqa: E402
     BOperand, CpuGemmParams, conv1x1_problem, conv_problem, cpu_gemm_candidates,
     cpu_gemm_launch, is_pointwise,
     cpu_gemm_params, cpu_pack_launch, matmul_problem, pack_b, pack_conv_weight,
     packed_b_shape, render_cpu_gemm, render_cpu_pack,
 )
-from ember.codegen.gemv_cpu import (  # noqa: E402
+from ember.codegen.kernels.gemv_cpu import (  # noqa: E402
     DEFAULT_GEMV_PARAMS, GemvParams, gemv_candidates, gemv_launch, gemv_partial_bytes,
     gemv_reduce_launch, matmul_gemv_problem, pack_gemv_b, render_gemv, render_gemv_reduce,
 )
-from ember.codegen.kernels import Kernel, program_header  # noqa: E402
-from ember.codegen.tuner import TuneBudget  # noqa: E402
+from ember.codegen.types import Kernel
+from ember.codegen.mathlib import program_header
+from ember.tuning.tuner import TuneBudget  # noqa: E402
 from ember.frontends.builder import GraphBuilder  # noqa: E402
 from ember.ir import DType  # noqa: E402
 from ember.ir.attrs import Attrs  # noqa: E402

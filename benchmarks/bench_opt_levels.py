@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import ember  # noqa: E402
-from ember.codegen.tuner import TuneBudget  # noqa: E402
+from ember.tuning.tuner import TuneBudget  # noqa: E402
 from benchmarks.bench_models import THREADS, Case, environment, select  # noqa: E402
 
 __all__ = ["LevelResult", "ModelResult", "run_model", "main"]

@@ -59,7 +59,7 @@ def _feeds(name: str):
 def _child(name: str) -> None:
     start = time.perf_counter()
     import ember
-    from ember.codegen.cache import default_cache
+    from ember.runtime.cache import default_cache
 
     ember.compile  # noqa: B018 - the compiler (and onnx) load at first use: count them here
     imported = time.perf_counter()
@@ -126,7 +126,7 @@ def _cli(env: dict[str, str], *args: str) -> float:
 def _shape_args(name: str) -> list[str]:
     args = []
     for input_name, array in _feeds(name).items():
-        args += ["--input-shape", f"{input_name}={','.join(map(str, array.shape))}"]
+        args += ["--shape", f"{input_name}={'x'.join(map(str, array.shape))}"]
     return args
 
 

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ember.compiler import CompiledModel, ModelStats, compile
     from ember.runtime.device import DeviceInfo, devices
 
-__version__ = "0.1.0"
+from ember.paths import VERSION as __version__
 
 __all__ = [
     "compile", "CompiledModel", "ModelStats", "devices", "DeviceInfo", "EmberError",

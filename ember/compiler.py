@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ember.codegen.cache import BinaryCache
+from ember.runtime.cache import BinaryCache
 from ember.codegen.families import Target
-from ember.codegen.kernels import lower
-from ember.codegen.tunables import TUNABLE_OPS
-from ember.codegen.tuner import TuneBudget, TuneResult, tuned_target
+from ember.codegen.registry import lower
+from ember.codegen.params import TUNABLE_OPS
+from ember.tuning.tuner import TuneBudget, TuneResult, tuned_target
 from ember.errors import CompileError, DTypeError, InputError, ShapeError, UnsupportedOpError
 from ember.frontends.dims import bind_named_dims, dims_text, is_dynamic, resolve_shapes
 from ember.frontends.onnx import import_graph, input_signature, load_model
@@ -90,7 +90,7 @@ class CompiledModel:
                  record_ir: bool = False, plan_memory: bool | None = None,
                  cache: bool | str | os.PathLike | BinaryCache | None = True) -> None:
         self._source = source
-        # memory planning is part of O2 and up (DESIGN.md); O0 and O1 keep the naive plan
+        # memory planning is part of O2 and up (docs/ARCHITECTURE.md); O0 and O1 keep the naive plan
         self.plan_memory = opt_level >= 2 if plan_memory is None else plan_memory
         self.device = device
         self.opt_level = opt_level
@@ -99,7 +99,7 @@ class CompiledModel:
         self.tune_results: list[TuneResult] = []  # what tune= measured (ember tune prints it)
         self._verify = verify_passes
         self._record_ir = record_ir
-        self.cache = cache  # the binary cache (codegen/cache.py): see compile()
+        self.cache = cache  # the binary cache (runtime/cache.py): see compile()
         if isinstance(source, Graph):
             self._signature: dict[str, tuple[Dims, DType]] = {
                 name: (graph_type.shape, graph_type.dtype)
@@ -371,7 +371,7 @@ def _profile_numpy(graph: Graph, feeds: Mapping[str, np.ndarray]) -> list[dict[s
     return rows
 
 
-def compile(  # noqa: A001 - the public name DESIGN.md gives it
+def compile(  # noqa: A001 - the public name of the API
     model: str | os.PathLike | bytes | onnx.ModelProto | Graph,
     *,
     target: str | None = None,
@@ -395,12 +395,12 @@ def compile(  # noqa: A001 - the public name DESIGN.md gives it
     (`ember show --passes`).
     tune: measure the MatMul / Conv kernels' candidate parameters on the device (within
     TuneBudget()'s 60 s per model, or the TuneBudget given), keep them in the TuningDB
-    (codegen/tuning_db.py) and build with the fastest correct ones; kernels already in the
+    (tuning/db.py) and build with the fastest correct ones; kernels already in the
     DB are not measured again. opt_level 3 uses what the DB holds without tuning.
     plan_memory: device buffer sharing (runtime/memory.py); by default on from opt_level 2,
     as part of the optimizations. False gives one buffer per tensor (the naive plan), for
     debugging a suspected wrong share; True plans memory at O0 and O1 too.
-    cache: the binary cache of built programs (codegen/cache.py): True uses the one in
+    cache: the binary cache of built programs (runtime/cache.py): True uses the one in
     EMBER_CACHE_DIR or the user cache directory, False builds from source every time, a
     directory or a BinaryCache uses that one.
     """

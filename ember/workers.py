@@ -3,7 +3,7 @@
 OpenCL drivers compile kernels inside the calling process, and some crash there: PoCL's
 LLVM calls abort() on code it cannot lower, and a kernel that writes out of bounds corrupts
 the heap. So the work that runs code no one has run yet on this driver goes to workers:
-the tuner's candidates (codegen/tuner.py) and cold program builds (runtime/opencl.py). A
+the tuner's candidates (tuning/tuner.py) and cold program builds (runtime/opencl.py). A
 job that kills its worker (a signal, abort(), os._exit) comes back as a failed `Outcome`
 naming the signal ("worker killed by SIGABRT"), with the last line the worker wrote to
 stderr (e.g. "LLVM ERROR: ..."); a job that runs past its timeout is killed and reported.

@@ -13,8 +13,9 @@ import pytest
 from onnx import TensorProto, helper
 
 import ember
+from ember.cli import main
+from ember.cli.main import DEMO_MIN_ACCURACY, DemoResult, print_demo
 from tests.harness import real_devices
-from ember.cli import DEMO_MIN_ACCURACY, DemoResult, _print_demo, main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -190,7 +191,7 @@ def test_demo_verdict() -> None:
 def test_demo_prints_why_it_failed(capsys) -> None:
     low = _demo_result(accuracy=0.5)
     off = _demo_result(name="cnn", max_abs_diff=0.5, agreement=0.9, host_steps=2)
-    _print_demo([low, off], 450, 3)
+    print_demo([low, off], 450, 3)
     out = capsys.readouterr().out
     assert f"FAILED          accuracy 0.5000 < {DEMO_MIN_ACCURACY}" in out
     assert "FAILED          ember disagrees with the numpy reference" in out

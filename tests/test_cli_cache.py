@@ -1,4 +1,4 @@
-"""`ember cache build|info|clear|export|import` (ember/cli_cache.py), on a temporary cache
+"""`ember cache build|info|clear|export|import` (ember/cli/cache.py), on a temporary cache
 directory given by EMBER_CACHE_DIR."""
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import ember
 from ember.cli import main
-from ember.codegen.cache import BinaryCache
+from ember.runtime.cache import BinaryCache
 from tests.harness import real_devices
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +33,7 @@ def _entries(where: Path) -> int:
 
 
 def test_build_info_export_clear_import(opencl_target, cache_dir, tmp_path, capsys) -> None:
-    assert main(["cache", "build", str(MLP), "--input-shape", "input=3,64",
+    assert main(["cache", "build", str(MLP), "--shape", "input=3x64",
                  "--target", opencl_target]) == 0
     out = capsys.readouterr().out
     assert "(input=3x64)" in out and "compile" in out and "first call" in out
@@ -68,7 +67,7 @@ def test_build_info_export_clear_import(opencl_target, cache_dir, tmp_path, caps
 
 
 def test_import_reports_a_tampered_entry(opencl_target, cache_dir, tmp_path, capsys) -> None:
-    assert main(["cache", "build", str(MLP), "--input-shape", "input=1,64",
+    assert main(["cache", "build", str(MLP), "--shape", "input=1x64",
                  "--target", opencl_target]) == 0
     archive = tmp_path / "a.zip"
     assert main(["cache", "export", str(archive)]) == 0
@@ -90,7 +89,7 @@ def test_import_reports_a_tampered_entry(opencl_target, cache_dir, tmp_path, cap
 @pytest.mark.parametrize("argv, words", [
     (["cache", "import", "{tmp}/missing.zip"], "cannot read the archive"),
     (["cache", "import", "{tmp}/not_a_zip.zip"], "cannot read the archive"),
-    (["cache", "build", str(MLP), "--input-shape", "nope=1,64"], "no model has"),
+    (["cache", "build", str(MLP), "--shape", "nope=1x64"], "no model has"),
     (["cache", "build", str(MLP), "--target", "cpu"], "no OpenCL device"),
 ])
 def test_errors_are_one_line(cache_dir, tmp_path, capsys, argv, words) -> None:
@@ -112,7 +111,7 @@ def test_build_in_a_fresh_process_carries_pocl_kernels(opencl_target, tmp_path) 
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    out = ember_cli("build", str(MLP), "--input-shape", "input=2,64")
+    out = ember_cli("build", str(MLP), "--shape", "input=2x64")
     if "Portable Computing Language" not in real_devices()[0].traits.platform:
         pytest.skip("the default device is not PoCL: no PoCL kernel cache to carry")
     match = re.search(r"PoCL kernel cache .*: (\d+) files, .*\(PoCL uses it\)", out)

@@ -7,7 +7,7 @@ Qualcomm Adreno) by vendor, CPU devices (PoCL) by device type, and a generic fal
 Templates never query OpenCL: they get traits from here.
 
 Where each kernel's tunables come from (defaults per level, search spaces, lookups) is
-codegen/tunables.py; tuned tables travel inside the hashable `Target`, so the lru-cached
+codegen/params.py; tuned tables travel inside the hashable `Target`, so the lru-cached
 `lower(spec, target)` never serves a kernel built with other parameters.
 """
 

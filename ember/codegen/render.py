@@ -10,8 +10,6 @@ import hashlib
 import importlib.util
 import marshal
 import math
-import os
-import tempfile
 import types
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +18,7 @@ import jinja2
 import numpy as np
 
 from ember.ir import DType
+from ember.paths import default_cache_dir, write_file_atomic
 
 __all__ = ["TemplateCodeCache", "render", "kernel_name", "c_literal", "contiguous_strides",
            "broadcast_strides"]
@@ -51,25 +50,14 @@ class TemplateCodeCache(jinja2.BytecodeCache):
             bucket.code = code
 
     def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        path = self._path(bucket)
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=path.name, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(marshal.dumps(bucket.code))
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+        try:  # a cache that is cheap to rebuild: whole files, not synced to disk
+            write_file_atomic(self._path(bucket), marshal.dumps(bucket.code), durable=False)
         except OSError:
             pass
 
 
 @functools.cache
 def _environment() -> jinja2.Environment:
-    from ember.codegen.cache import default_cache_dir  # its package imports this module
-
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
         undefined=jinja2.StrictUndefined,

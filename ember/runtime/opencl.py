@@ -36,10 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ember.codegen.cache import (
+from ember.runtime.cache import (
     POCL_PLATFORM, BinaryCache, cache_key, ember_version, pocl_cache_in_use, resolve_cache,
 )
-from ember.codegen.kernels import IN, OUT, TMP, Kernel, program_header
+from ember.codegen.types import IN, OUT, TMP, Kernel
+from ember.codegen.mathlib import program_header
 from ember.workers import isolated, shared_pool, worker_count
 from ember.errors import CompileError, DeviceError
 from ember.ir import OPS
@@ -64,7 +65,7 @@ def build_program(device: OpenCLDevice, source: str, options: tuple[str, ...] = 
                   cache: bool | str | os.PathLike[str] | BinaryCache | None = True):
     """Build (or reuse) a program. A failure raises CompileError with the build log and the
     path of the source written out for reading. Builds go through the binary cache
-    (codegen/cache.py): `cache` is True (the default cache), False, a directory or a
+    (runtime/cache.py): `cache` is True (the default cache), False, a directory or a
     BinaryCache."""
     import pyopencl as cl
 

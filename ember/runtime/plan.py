@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ember.codegen.families import Target
-from ember.codegen.kernels import Kernel, Lowered, NodeSpec, lower
+from ember.codegen.types import Kernel, Lowered, NodeSpec
+from ember.codegen.registry import lower
 from ember.ir import Attrs, Graph, TensorType, Value
 from ember.runtime.memory import MemoryPlan, build_memory_plan
 

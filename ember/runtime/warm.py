@@ -45,7 +45,7 @@ def warm_kernel(where: tuple[int, int], source: str, options: tuple[str, ...], n
                 launches: Launches) -> None:
     """Build the program and launch kernel `name` as `launches` say. The caller builds
     the program again, from the driver's cache where it keeps one (PoCL does), and stores
-    the binary in ember's cache where that pays (codegen/cache.py)."""
+    the binary in ember's cache where that pays (runtime/cache.py)."""
     import pyopencl as cl
 
     context, queue, program = _program(where, source, options)

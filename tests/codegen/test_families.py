@@ -13,10 +13,10 @@ import pytest
 from ember.codegen.families import (
     FAMILIES, DeviceTraits, Target, TuningTable, VectorUnit, detect_family, llvm_cpu, vector_unit,
 )
-from ember.codegen.gemm_cpu import CpuGemmParams
-from ember.codegen.kernels import NodeSpec
-from ember.codegen.matmul import GemmParams
-from ember.codegen.tunables import (
+from ember.codegen.kernels.gemm_cpu import CpuGemmParams
+from ember.codegen.types import NodeSpec
+from ember.codegen.kernels.matmul import GemmParams
+from ember.codegen.params import (
     LEVELS, param_kinds, params_for, search_space, tunable_spec, tuning_key,
 )
 from ember.ir import OPS, DType, TensorType

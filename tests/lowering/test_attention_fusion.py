@@ -22,7 +22,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import ember
-from ember.codegen.kernels import lower
+from ember.codegen.registry import lower
 from ember.frontends.builder import GraphBuilder
 from ember.frontends.onnx import import_onnx
 from ember.ir import DType, Graph, Value, verify

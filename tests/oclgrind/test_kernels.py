@@ -133,7 +133,7 @@ def test_kernel_is_memory_safe_and_correct(case: Case, family: str):
 
 
 def test_every_kernel_builder_is_covered():
-    from ember.codegen.kernels import KERNEL_BUILDERS
+    from ember.codegen.registry import KERNEL_BUILDERS
 
     builders = {KERNEL_BUILDERS[case.op] for case in CASES}
     missing = {op for op, builder in KERNEL_BUILDERS.items() if builder not in builders}

@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 
 from ember.codegen.families import TuningTable
-from ember.codegen.kernels import lower, program_header
-from ember.codegen.tunables import SearchSpace, search_space
-from ember.codegen.tuner import Bench, Rejected, TuneBudget, Tuner
+from ember.codegen.registry import lower
+from ember.codegen.mathlib import program_header
+from ember.codegen.params import SearchSpace, search_space
+from ember.tuning.tuner import Bench, Rejected, TuneBudget, Tuner
 from ember.ir import DType
 from ember.runtime.device import resolve_target
-from tests.codegen.test_tune_kinds import CONV_CASES, ROW_CASES, attention_spec
-from tests.codegen.test_tuner import matmul
+from tests.tuning.test_tune_kinds import CONV_CASES, ROW_CASES, attention_spec
+from tests.tuning.test_tuner import matmul
 from tests.oclgrind.conftest import FAMILY_NAMES
 
 pytestmark = pytest.mark.oclgrind

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 import ember
-from ember.codegen import attention as att
-from ember.codegen import kernels as codegen_kernels
+from ember.codegen.kernels import attention as att
+from ember.codegen import registry as codegen_kernels
 from ember.codegen.families import DeviceTraits, Target
 from ember.errors import DTypeError, ShapeError
 from ember.frontends.builder import GraphBuilder

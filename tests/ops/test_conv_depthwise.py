@@ -26,15 +26,14 @@ import onnxruntime as ort
 import pytest
 from hypothesis import given, strategies as st
 
-from ember.codegen.conv import _common
-from ember.codegen.conv_depthwise import (
+from ember.codegen.kernels.conv import _common
+from ember.codegen.kernels.conv_depthwise import (
     DEFAULT_DEPTHWISE_PARAMS, DepthwiseParams, depthwise_candidates, depthwise_cpu_lowered,
     plan_row,
 )
 from ember.codegen.families import Target
-from ember.codegen.kernels import (
-    IN, KERNEL_BUILDERS, Lowered, NodeSpec, lower,
-)
+from ember.codegen.types import IN, Lowered, NodeSpec
+from ember.codegen.registry import KERNEL_BUILDERS, lower
 from ember.ir import OPS, DType, TensorType
 from ember.ir.ops.fused import ExprNode, FusedExpr
 from ember.ir.ops.linalg import ConvGeometry, conv_geometry

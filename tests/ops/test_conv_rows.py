@@ -23,12 +23,12 @@ from collections.abc import Sequence
 import pytest
 from hypothesis import given, strategies as st
 
-from ember.codegen.conv import _common, build_conv
-from ember.codegen.conv_rows import (
+from ember.codegen.kernels.conv import _common, build_conv
+from ember.codegen.kernels.conv_rows import (
     DEFAULT_CONV_ROWS_PARAMS, MEDIUM_CIN, MEDIUM_MIN_WIDTH, SMALL_CIN, ConvRowsParams,
     conv_rows_candidates, conv_rows_lowered,
 )
-from ember.codegen.kernels import NodeSpec
+from ember.codegen.types import NodeSpec
 from ember.ir import OPS, DType, TensorType
 from ember.ir.ops.linalg import ConvGeometry, conv_geometry
 from ember.runtime.device import resolve_target

@@ -87,7 +87,7 @@ def test_scalar_inputs_broadcast(opencl_target):
 
 
 def test_erf_kernel_is_within_a_few_ulp_everywhere(opencl_target):
-    """The kernels' erf is a rational approximation (codegen/kernels.py HELPERS): on a dense
+    """The kernels' erf is a rational approximation (codegen/mathlib.py HELPERS): on a dense
     grid, tiny values and the special values, it stays within 1e-6 relative of math.erf
     (measured worst 3.2e-7) and keeps signs, +-1 at infinity and NaN."""
     import math

@@ -22,8 +22,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 import ember
-from ember.codegen.conv_rows import SMALL_CIN
-from ember.codegen.epilogue import lane_step
+from ember.codegen.kernels.conv_rows import SMALL_CIN
+from ember.codegen.kernels.epilogue import lane_step
 from ember.frontends.builder import GraphBuilder
 from ember.ir import DType, Graph
 from tests.harness import TOLERANCE, assert_close

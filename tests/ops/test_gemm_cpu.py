@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from ember.codegen.gemm_cpu import (
+from ember.codegen.kernels.gemm_cpu import (
     BOperand, CpuGemmParams, DEFAULT_CPU_GEMM_PARAMS, conv1x1_problem, conv_problem,
     cpu_gemm_candidates, is_pointwise,
     cpu_gemm_launch, cpu_gemm_params, cpu_pack_launch, matmul_problem, pack_b,
     pack_conv_weight, packed_b_shape, render_cpu_gemm, render_cpu_pack,
 )
-from ember.codegen.kernels import Kernel
+from ember.codegen.types import Kernel
 from ember.codegen.render import kernel_name
 from ember.ir import DType
 from ember.ir.attrs import Attrs

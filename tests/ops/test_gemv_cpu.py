@@ -24,13 +24,13 @@ import pytest
 from hypothesis import given, strategies as st
 
 import ember
-from ember.codegen.gemm_cpu import BOperand
-from ember.codegen.gemv_cpu import (
+from ember.codegen.kernels.gemm_cpu import BOperand
+from ember.codegen.kernels.gemv_cpu import (
     DEFAULT_GEMV_PARAMS, MAX_ROWS, GemvParams, GemvProblem, AOperand, conv_gemv_ok,
     gemv_applies, gemv_candidates, gemv_launch, gemv_partial_bytes, gemv_reduce_launch,
     gemv_rows, matmul_gemv_problem, pack_gemv_b, render_gemv, render_gemv_reduce,
 )
-from ember.codegen.kernels import Kernel, NodeSpec
+from ember.codegen.types import Kernel, NodeSpec
 from ember.codegen.render import kernel_name
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, DType, TensorType

@@ -23,8 +23,8 @@ from hypothesis import assume, given, strategies as st
 from onnx import TensorProto, helper
 
 import ember
-from ember.codegen import kernels as codegen_kernels
-from ember.codegen import matmul as gemm
+from ember.codegen import registry as codegen_kernels
+from ember.codegen.kernels import matmul as gemm
 from ember.codegen.families import DeviceTraits, Target
 from ember.errors import ShapeError, UnsupportedOpError
 from ember.ir import OPS, DType, Value

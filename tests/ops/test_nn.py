@@ -18,9 +18,10 @@ from hypothesis import given, strategies as st
 from onnx import TensorProto, helper
 
 import ember
-from ember.codegen.kernels import NodeSpec
-from ember.codegen.nn import build_global_pool, build_norm, build_softmax
-from ember.codegen.rows import RowParams, choose_row_params
+from ember.codegen.types import NodeSpec
+from ember.codegen.kernels.norm import build_norm, build_softmax
+from ember.codegen.kernels.pool import build_global_pool
+from ember.codegen.kernels.rows import RowParams, choose_row_params
 from ember.errors import ShapeError
 from ember.ir import OPS, DType
 from ember.ir.ops.nn import softmax_rows

@@ -21,9 +21,9 @@ from hypothesis import given, strategies as st
 from onnx import TensorProto, helper
 
 import ember
-from ember.codegen.kernels import NodeSpec
-from ember.codegen.nn import build_norm
-from ember.codegen.rows import RowParams
+from ember.codegen.types import NodeSpec
+from ember.codegen.kernels.norm import build_norm
+from ember.codegen.kernels.rows import RowParams
 from ember.errors import ShapeError
 from ember.ir import OPS, DType, TensorType
 from ember.runtime.device import resolve_target

@@ -1,4 +1,4 @@
-"""MaxPool and AveragePool kernels (codegen/pool.py) in both forms, run straight on the
+"""MaxPool and AveragePool kernels (codegen/kernels/pool.py) in both forms, run straight on the
 OpenCL device against the numpy reference: the "rows" form CPU devices get (explicit vectors
 inside the row, one output at a time at its edges) with every row-parameter shape, and the
 "item" form GPUs get (one work-item per output), on odd shapes: sizes 1 and primes, windows
@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from ember.codegen.families import Target
-from ember.codegen.kernels import Lowered, NodeSpec
-from ember.codegen.pool import PoolRowParams, build_pool, default_row_params
+from ember.codegen.types import Lowered, NodeSpec
+from ember.codegen.kernels.pool import PoolRowParams, build_pool, default_row_params
 from ember.ir import OPS, DType, TensorType
 from ember.ir.ops.pool import pool_geometry
 from ember.runtime.device import resolve_target

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper
 
 import ember
 from ember.codegen.families import FAMILIES, Target
-from ember.codegen.reduce import ReduceParams, default_params, reduce_layout
+from ember.codegen.kernels.reduce import ReduceParams, default_params, reduce_layout
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, DType, Value
 from ember.ir.ops.reduce import REDUCE_KINDS

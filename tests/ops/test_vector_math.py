@@ -1,4 +1,4 @@
-"""The branch-free math helpers (codegen/kernels.py HELPERS: ember_erf, ember_tanh, ember_exp
+"""The branch-free math helpers (codegen/mathlib.py HELPERS: ember_erf, ember_tanh, ember_exp
 and their float2/4/8 forms ember_erf8, ...) at every width, and the vectorized elementwise
 kernel that calls them.
 
@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 import ember
-from ember.codegen.kernels import HELPER_WIDTHS, Kernel
+from ember.codegen.mathlib import HELPER_WIDTHS
+from ember.codegen.types import Kernel
 from ember.ir import DType
 from tests.harness import KernelLauncher, check_op
 from tests.strategies import array_for

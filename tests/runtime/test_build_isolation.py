@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import ember
-from ember.codegen.cache import BinaryCache, cache_key, ember_version
-from ember.codegen.kernels import KERNEL_BUILDERS, Kernel, Lowered, lower
+from ember.runtime.cache import BinaryCache, cache_key, ember_version
+from ember.codegen.registry import KERNEL_BUILDERS, lower
+from ember.codegen.types import Kernel, Lowered
 from ember.workers import isolated, shared_pool
 from ember.errors import CompileError
 from ember.frontends.builder import GraphBuilder

@@ -1,4 +1,4 @@
-"""The binary cache (codegen/cache.py, cache_archive.py): programs come back from disk in a
+"""The binary cache (runtime/cache.py, cache_archive.py): programs come back from disk in a
 new process or after the in-process table is cleared, with identical results; broken
 entries are detected, deleted and rebuilt; a cache that cannot be written never breaks a
 compile; archives round-trip and refuse tampering; entries of other devices are never used;
@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 
 import ember
-from ember.codegen import cache as cache_module
-from ember.codegen.cache import (
+from ember.runtime import cache as cache_module
+from ember.runtime.cache import (
     BINARY, INFO, SOURCE, BinaryCache, CacheStats, cache_key, default_cache, ember_version,
     stores_binaries_by_default, verify_entry,
 )
 from ember.codegen.families import DeviceTraits
-from ember.codegen.cache_archive import MANIFEST, export_cache, import_cache
+from ember.runtime.cache_archive import MANIFEST, export_cache, import_cache
 from ember.frontends.builder import GraphBuilder
 from ember.runtime import opencl
 from ember.runtime.device import resolve_target
@@ -186,7 +186,7 @@ def test_broken_entry_is_deleted_and_rebuilt(opencl_target, tmp_path, fresh_prog
     where = only_entry(cache)
     corrupt(where)
     monkeypatch.setattr(opencl, "_PROGRAMS", {})
-    with caplog.at_level("WARNING", logger="ember.codegen.cache"):
+    with caplog.at_level("WARNING", logger="ember.runtime.cache"):
         again = run(small_graph(), opencl_target, cache)
     np.testing.assert_array_equal(again, expected)
     assert cache.stats.rejected == 1 and cache.stats.hits == 0 and cache.stats.stores == 2
@@ -340,7 +340,7 @@ def test_entries_of_another_device_are_kept_but_not_used(opencl_target, tmp_path
 WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from ember.codegen.cache import BinaryCache, cache_key, ember_version
+    from ember.runtime.cache import BinaryCache, cache_key, ember_version
     cache, me = BinaryCache(sys.argv[1]), sys.argv[2]
     Path(sys.argv[1] + f".ready{me}").touch()
     while not all(Path(sys.argv[1] + f".ready{i}").exists() for i in (0, 1)):
@@ -375,8 +375,8 @@ CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
     import ember
-    from ember.codegen.cache import BinaryCache, default_cache, default_cache_dir
-    from ember.codegen.cache import pocl_cache_in_use
+    from ember.runtime.cache import BinaryCache, default_cache, default_cache_dir
+    from ember.runtime.cache import pocl_cache_in_use
     x = np.arange(15, dtype=np.float32).reshape(3, 5) / 7
     # "always" stores binaries on every device (as `ember cache build` does), else default
     cache = (BinaryCache(default_cache_dir(), store_binaries=True)

@@ -96,7 +96,7 @@ _TUNE_CHILD = textwrap.dedent("""
     import json, sys
     import numpy as np
     import ember
-    from ember.codegen.tuner import TuneBudget
+    from ember.tuning.tuner import TuneBudget
     from ember.frontends.builder import GraphBuilder
 
     b = GraphBuilder("tuned")
@@ -137,7 +137,7 @@ _BUILD_CHILD = textwrap.dedent("""
     import sys
     import numpy as np
     import ember
-    from ember.codegen.cache import BinaryCache
+    from ember.runtime.cache import BinaryCache
     from ember.frontends.builder import GraphBuilder
 
     cache = BinaryCache(sys.argv[2], store_binaries=True)
@@ -152,7 +152,7 @@ _BUILD_CHILD = textwrap.dedent("""
 
 _CLEAR_CHILD = textwrap.dedent("""
     import sys, time
-    from ember.codegen.cache import BinaryCache
+    from ember.runtime.cache import BinaryCache
 
     cache = BinaryCache(sys.argv[1])
     stop = time.monotonic() + float(sys.argv[2])
@@ -166,7 +166,7 @@ def test_processes_building_and_clearing_one_cache_leave_it_consistent(opencl_ta
                                                                        tmp_path):
     """Two processes fill one binary cache while a third clears it over and over: every
     build still runs correctly, and what stays in the cache passes its full check."""
-    from ember.codegen.cache import BinaryCache
+    from ember.runtime.cache import BinaryCache
 
     root = tmp_path / "cache"
     env = {**os.environ, "EMBER_CACHE_DIR": str(root)}

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 import ember
-from ember.codegen.kernels import Lowered
+from ember.codegen.types import Lowered
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, Attrs, DType, TensorType
 from ember.runtime.memory import SHARED, MemoryPlan, build_memory_plan
@@ -512,7 +512,7 @@ def test_models_with_memory_planning(name, opt_level, opencl_target):
 
 
 def test_memory_planning_is_part_of_o2(opencl_target):
-    """O0 and O1 keep one buffer per tensor; O2 and up share them (DESIGN.md's levels)."""
+    """O0 and O1 keep one buffer per tensor; O2 and up share them (docs/ARCHITECTURE.md's levels)."""
     b = GraphBuilder("chain")
     x = b.input("x", (4, 16))
     b.output("y", b.Softmax(b.Softmax(b.Softmax(b.Softmax(x, axis=1), axis=1), axis=1), axis=1))

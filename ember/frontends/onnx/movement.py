@@ -243,7 +243,3 @@ def _dropout(ctx: ImportContext, node: onnx.NodeProto) -> list[Value | None]:
         shape = ctx.type_of(x).shape
         outputs.append(ctx.constant(np.ones(shape, dtype=np.bool_)))
     return outputs
-
-
-# Resize, the constant producers, OneHot and Trilu register on import.
-from ember.frontends.onnx import movement_const, movement_resize  # noqa: E402,F401

@@ -12,9 +12,12 @@ from ember.ir.ops import core  # noqa: F401  (Input, Constant)
 from ember.ir.ops import elementwise  # noqa: F401
 from ember.ir.ops import fused  # noqa: F401  (FusedElementwise, MatMul/Conv epilogues)
 from ember.ir.ops import linalg  # noqa: F401  (MatMul, Conv, ConvTranspose, BatchNorm)
-from ember.ir.ops import nn  # noqa: F401  (pooling, normalization, softmax)
+from ember.ir.ops import nn  # noqa: F401  (normalization, softmax)
+from ember.ir.ops import pool  # noqa: F401  (MaxPool, AveragePool, Global*Pool)
 from ember.ir.ops import reduce  # noqa: F401  (reductions, ArgMax, CumSum, TopK)
-from ember.ir.ops import movement  # noqa: F401  (reshape, transpose, gather, pad, resize, ...)
+from ember.ir.ops import movement  # noqa: F401  (reshape, transpose, pad, ...)
+from ember.ir.ops import movement_select  # noqa: F401  (gather, one-hot, trilu, ...)
+from ember.ir.ops import resize  # noqa: F401  (Resize)
 from ember.ir.ops import attention  # noqa: F401  (fused scaled dot-product attention)
 
 __all__ = ["OPS", "OpDef", "OpRegistry", "attr"]

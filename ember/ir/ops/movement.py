@@ -294,7 +294,3 @@ def _block_op(name: str) -> None:
 
 _block_op("DepthToSpace")
 _block_op("SpaceToDepth")
-
-
-# The rest of the family registers on import.
-from ember.ir.ops import movement_select, resize  # noqa: E402,F401

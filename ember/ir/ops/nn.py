@@ -16,7 +16,6 @@ import numpy as np
 from ember.errors import DTypeError, ShapeError
 from ember.ir.attrs import AttrKind, Attrs
 from ember.ir.dtypes import DType
-from ember.ir.ops import pool  # noqa: F401  (registers MaxPool, AveragePool, Global*Pool)
 from ember.ir.ops.common import FLOAT_TYPES, broadcast_shapes, normalize_axis, require_dtype
 from ember.ir.ops.registry import OPS, OpDef, attr
 from ember.ir.types import TensorType

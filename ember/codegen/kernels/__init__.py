@@ -1,0 +1,51 @@
+"""One module per kernel family; importing this package registers every kernel builder
+(`@kernel_builder`) and every tunable kind (`register_kind`), in this order.
+
+Where the kernel of an op is (module -> ops; its template in codegen/templates/):
+
+    elementwise     every elementwise op, FusedElementwise       elementwise.cl.j2
+    epilogue        what a MatMul / Conv runs in its store (bias, activation, residual)
+    views           Identity (an alias: no kernel)
+    movement        Reshape, Transpose, Slice, Expand, Tile, DepthToSpace, SpaceToDepth,
+                    Concat, Split, Pad                            movement.cl.j2, pad.cl.j2
+    gather          Gather, GatherElements, OneHot, Trilu         gather / onehot / trilu
+    resize          Resize                                        resize.cl.j2
+    reduce          Reduce*                                       reduce.cl.j2
+    axis_ops        ArgMax, ArgMin, CumSum                        argreduce / cumsum
+    topk            TopK                                          topk.cl.j2
+    matmul          MatMul; the GPU tiled GEMM, tunable kind "gemm"     tiled_gemm / matmul
+    gemm_cpu        the CPU register-tiled GEMM (MatMul, Conv), kind "gemm_cpu"  gemm_cpu.cl.j2
+    gemv_cpu        the CPU GEMV (one row of A), kind "gemv_cpu"  gemv_cpu.cl.j2
+    conv            Conv, ConvTranspose (strategy choice; GPU implicit GEMM)  conv / conv_transpose
+    conv_depthwise  the CPU depthwise conv, kind "depthwise"      conv_depthwise / conv_direct
+    conv_rows       the CPU direct conv for few input channels, kind "conv_rows"  conv_rows
+    linalg          BatchNormalization                            batchnorm.cl.j2
+    rows            RowParams, kind "rows" (work-items per row of softmax and the norms)
+    norm            Softmax, LogSoftmax, LayerNormalization, InstanceNormalization,
+                    RMSNormalization, LRN                         softmax / norm / lrn
+    pool            MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool  pool / global_pool
+    attention       Attention (fused), kind "attention"           attention.cl.j2
+"""
+
+from ember.codegen.kernels import (  # noqa: F401  (registration happens on import)
+    elementwise,
+    epilogue,
+    views,
+    movement,
+    gather,
+    resize,
+    reduce,
+    axis_ops,
+    topk,
+    matmul,
+    gemm_cpu,
+    gemv_cpu,
+    conv,
+    conv_depthwise,
+    conv_rows,
+    linalg,
+    rows,
+    norm,
+    pool,
+    attention,
+)

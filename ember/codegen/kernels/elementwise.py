@@ -1,0 +1,487 @@
+"""Elementwise kernels generated from an expression DAG.
+
+An `ElementwiseSpec` lists the kernel's input tensors and a small DAG of elementwise ops over
+them; one op node is the one-node DAG, and fused regions (later) are bigger DAGs of the same
+form. `C_EXPRESSIONS` says, per op, how one element is computed in OpenCL C.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from ember.codegen.families import Target
+from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
+from ember.codegen.registry import kernel_builder
+from ember.codegen.render import broadcast_strides, c_literal, contiguous_strides, kernel_name, render
+from ember.ir import OPS, Attrs, DType, TensorType
+from ember.ir.ops.fused import ExprNode, FusedExpr
+
+__all__ = [
+    "ExprNode", "ElementwiseSpec", "C_EXPRESSIONS", "compute_type", "load_expr", "store_stmt",
+    "render_elementwise", "pointer_type", "VECTOR_EXPRESSIONS", "vector_dag", "vector_type",
+    "EW_VECTOR_WIDTH",
+]
+
+
+@dataclass(frozen=True)
+class ElementwiseSpec:
+    inputs: tuple[TensorType, ...]
+    shape: tuple[int, ...]  # output shape (every output has it)
+    nodes: tuple[ExprNode, ...]
+    outputs: tuple[int, ...]  # value indices written to the kernel's outputs, in order
+
+    def value_dtype(self, index: int) -> DType:
+        n = len(self.inputs)
+        return self.inputs[index].dtype if index < n else self.nodes[index - n].dtype
+
+
+# -- types ----------------------------------------------------------------------------------
+def compute_type(dtype: DType) -> str:
+    """The C type values of `dtype` are computed in (half is computed in float)."""
+    return "float" if dtype is DType.FLOAT16 else dtype.cl_name
+
+
+def pointer_type(dtype: DType) -> str:
+    return dtype.cl_name
+
+
+def load_expr(dtype: DType, pointer: str, offset: str) -> str:
+    if dtype is DType.FLOAT16:
+        return f"vload_half({offset}, {pointer})"
+    return f"{pointer}[{offset}]"
+
+
+def store_stmt(dtype: DType, pointer: str, offset: str, value: str) -> str:
+    if dtype is DType.FLOAT16:
+        return f"vstore_half({value}, {offset}, {pointer});"
+    return f"{pointer}[{offset}] = {value};"
+
+
+def extensions_for(dtypes: Sequence[DType]) -> frozenset[str]:
+    return frozenset({"cl_khr_fp64"}) if DType.FLOAT64 in dtypes else frozenset()
+
+
+# -- per-op C expressions -------------------------------------------------------------------
+# Each entry: (args, attrs, arg dtypes, out dtype) -> C expression in the out compute type.
+ExprFn = Callable[[list[str], Attrs, list[DType], DType], str]
+
+
+def _binary(symbol: str) -> ExprFn:
+    return lambda a, at, dt, out: f"({a[0]} {symbol} {a[1]})"
+
+
+def _compare(symbol: str) -> ExprFn:
+    return lambda a, at, dt, out: f"(uchar)({a[0]} {symbol} {a[1]})"
+
+
+def _float_fn(expr: str) -> ExprFn:
+    """A float-only function written with {x} (the argument) and {T} (the compute type)."""
+    return lambda a, at, dt, out: "(" + expr.format(x=a[0], T=compute_type(out)) + ")"
+
+
+def _lit(value: float, dtype: DType) -> str:
+    return c_literal(value, DType.FLOAT32 if dtype is DType.FLOAT16 else dtype)
+
+
+def _cast(a: list[str], attrs: Attrs, dt: list[DType], out: DType) -> str:
+    source = dt[0]
+    if out is DType.BOOL:
+        return f"(uchar)({a[0]} != 0)"
+    target = compute_type(out)
+    if source.is_float and not out.is_float:
+        # NaN -> 0 and saturation differ between devices; numpy's cast is C's truncation.
+        return f"({target})({a[0]})"
+    return f"({target})({a[0]})"
+
+
+def _clip(a: list[str], attrs: Attrs, dt: list[DType], out: DType) -> str:
+    x = a[0]
+    if attrs["min"] is not None:
+        lo = _lit(attrs["min"], out)
+        x = f"({x} < {lo} ? {lo} : {x})"
+    if attrs["max"] is not None:
+        hi = _lit(attrs["max"], out)
+        x = f"({x} > {hi} ? {hi} : {x})"
+    return x
+
+
+def _abs(a, at, dt, out):
+    if out.is_float:
+        return f"fabs({a[0]})"
+    if not out.is_signed:
+        return a[0]
+    return f"({compute_type(out)})abs({a[0]})"
+
+
+def _sign(a, at, dt, out):
+    t = compute_type(out)
+    core = f"({t})(({a[0]} > 0) - ({a[0]} < 0))"
+    return f"(isnan({a[0]}) ? {a[0]} : {core})" if out.is_float else core
+
+
+def _max_min(greater: bool) -> ExprFn:
+    def expr(a, at, dt, out):
+        cmp = ">" if greater else "<"
+        nan = f" || isnan({a[0]})" if out.is_float else ""
+        return f"(({a[0]} {cmp} {a[1]}{nan}) ? {a[0]} : {a[1]})"
+
+    return expr
+
+
+def _with_alpha(template: str, *names: str) -> ExprFn:
+    def expr(a, attrs, dt, out):
+        values = {name: _lit(attrs[name], out) for name in names}
+        return "(" + template.format(x=a[0], T=compute_type(out), exp=_fn("exp", out),
+                                     **values) + ")"
+
+    return expr
+
+
+def _fn(name: str, dtype: DType) -> str:
+    """The builtin `name` for double, else its branch-free float helper ember_<name>
+    (kernels.HELPERS: exp, erf, tanh), which PoCL runs inline and several times faster."""
+    return name if dtype is DType.FLOAT64 else "ember_" + name
+
+
+def _gelu_text(x: str, approximate: str, lit: Callable[[float], str],
+               fn: Callable[[str], str]) -> str:
+    """GELU of `x` as C; `lit` writes a constant, `fn` names exp/erf/tanh."""
+    if approximate == "tanh":
+        inner = f"{lit(0.7978845608028654)} * ({x} + {lit(0.044715)} * {x} * {x} * {x})"
+        return f"({lit(0.5)} * {x} * ({lit(1.0)} + {fn('tanh')}({inner})))"
+    return f"({lit(0.5)} * {x} * ({lit(1.0)} + {fn('erf')}({x} * {lit(0.7071067811865476)})))"
+
+
+def _gelu(a, attrs, dt, out):
+    return _gelu_text(a[0], attrs["approximate"], lambda v: _lit(v, out),
+                      lambda name: _fn(name, out))
+
+
+def _exp_fn(expr: str) -> ExprFn:
+    """A float function written with {x}, {T} and {exp} (the exp to call)."""
+    return lambda a, at, dt, out: "(" + expr.format(x=a[0], T=compute_type(out),
+                                                    exp=_fn("exp", out)) + ")"
+
+
+def _isinf(a, attrs, dt, out):
+    x = a[0]
+    neg, pos = attrs["detect_negative"], attrs["detect_positive"]
+    if neg and pos:
+        return f"(uchar)isinf({x})"
+    if pos:
+        return f"(uchar)(isinf({x}) && {x} > 0)"
+    if neg:
+        return f"(uchar)(isinf({x}) && {x} < 0)"
+    return "(uchar)0"
+
+
+C_EXPRESSIONS: dict[str, ExprFn] = {
+    "Add": _binary("+"),
+    "Sub": _binary("-"),
+    "Mul": _binary("*"),
+    "Div": _binary("/"),
+    "Pow": lambda a, at, dt, out: f"pow({a[0]}, ({compute_type(out)}){a[1]})",
+    "Max": _max_min(True),
+    "Min": _max_min(False),
+    "PRelu": lambda a, at, dt, out: f"({a[0]} < 0 ? {a[0]} * {a[1]} : {a[0]})",
+    "Neg": lambda a, at, dt, out: f"(-{a[0]})",
+    "Abs": _abs,
+    "Sign": _sign,
+    "Relu": lambda a, at, dt, out: f"({a[0]} < 0 ? ({compute_type(out)})0 : {a[0]})",
+    "Clip": _clip,
+    "Sqrt": _float_fn("sqrt({x})"),
+    "Reciprocal": _float_fn("(({T})1 / {x})"),
+    "Exp": _exp_fn("{exp}({x})"),
+    "Log": _float_fn("log({x})"),
+    "Floor": _float_fn("floor({x})"),
+    "Ceil": _float_fn("ceil({x})"),
+    "Round": _float_fn("rint({x})"),
+    "Erf": lambda a, at, dt, out: f"{_fn('erf', out)}({a[0]})",
+    "Tanh": lambda a, at, dt, out: f"{_fn('tanh', out)}({a[0]})",
+    "Sin": _float_fn("sin({x})"),
+    "Cos": _float_fn("cos({x})"),
+    "Sigmoid": _exp_fn("(({T})1 / (({T})1 + {exp}(-{x})))"),
+    "Softplus": _float_fn("(fmax({x}, ({T})0) + log1p(exp(-fabs({x}))))"),
+    "Mish": _float_fn("({x} * tanh(fmax({x}, ({T})0) + log1p(exp(-fabs({x})))))"),
+    "Gelu": _gelu,
+    "LeakyRelu": _with_alpha("({x} < 0 ? {alpha} * {x} : {x})", "alpha"),
+    "Elu": _with_alpha("({x} < 0 ? {alpha} * ({exp}({x}) - ({T})1) : {x})", "alpha"),
+    "Selu": _with_alpha("({x} <= 0 ? {gamma} * {alpha} * ({exp}({x}) - ({T})1) : {gamma} * {x})",
+                        "alpha", "gamma"),
+    # clamps as ternaries: NaN stays NaN as in np.clip, and PoCL calls fmin/fmax out of line
+    "HardSigmoid": _with_alpha("({alpha} * {x} + {beta} < ({T})0 ? ({T})0 : ({alpha} * {x} + "
+                               "{beta} > ({T})1 ? ({T})1 : {alpha} * {x} + {beta}))",
+                               "alpha", "beta"),
+    "HardSwish": _float_fn("({x} * ({x} / ({T})6 + ({T})0.5 < ({T})0 ? ({T})0 : ({x} / ({T})6 "
+                           "+ ({T})0.5 > ({T})1 ? ({T})1 : {x} / ({T})6 + ({T})0.5)))"),
+    "Swish": _with_alpha("({x} / (({T})1 + {exp}(-({alpha} * {x}))))", "alpha"),
+    "Equal": _compare("=="),
+    "Less": _compare("<"),
+    "LessOrEqual": _compare("<="),
+    "Greater": _compare(">"),
+    "GreaterOrEqual": _compare(">="),
+    "Not": lambda a, at, dt, out: f"(uchar)(!{a[0]})",
+    "And": lambda a, at, dt, out: f"(uchar)({a[0]} && {a[1]})",
+    "Or": lambda a, at, dt, out: f"(uchar)({a[0]} || {a[1]})",
+    "Xor": lambda a, at, dt, out: f"(uchar)(({a[0]} != 0) != ({a[1]} != 0))",
+    "IsNaN": lambda a, at, dt, out: f"(uchar)isnan({a[0]})",
+    "IsInf": _isinf,
+    "Where": lambda a, at, dt, out: f"({a[0]} ? {a[1]} : {a[2]})",
+    "Cast": _cast,
+}
+
+# -- vector forms -----------------------------------------------------------------------------
+# The same ops on float32 values held in floatN vectors (N = 1: plain float), for the
+# vectorized elementwise kernel and the CPU GEMM's vector epilogue: (args, attrs, vector type)
+# -> C. Operators and ternaries where they do the job, since PoCL calls builtins (fabs, fmax,
+# select, ...) out of line; a comparison of vectors gives an int vector of -1/0 that ?: takes
+# as a per-lane select, so both arms are written in the vector type. NaN handling matches the
+# scalar forms (a comparison with NaN is false). An op missing here keeps the scalar path.
+VectorFn = Callable[[list[str], Attrs, str], str]
+
+
+def _v(value: float) -> str:
+    return c_literal(value, DType.FLOAT32)
+
+
+def _vec_clip(a: list[str], attrs: Attrs, vt: str) -> str:
+    x = a[0]
+    if attrs["min"] is not None:
+        x = f"({x} < {_v(attrs['min'])} ? ({vt}){_v(attrs['min'])} : {x})"
+    if attrs["max"] is not None:
+        x = f"({x} > {_v(attrs['max'])} ? ({vt}){_v(attrs['max'])} : {x})"
+    return x
+
+
+def _vec_max_min(symbol: str) -> VectorFn:
+    return lambda a, at, vt: f"(({a[0]} {symbol} {a[1]} || {a[0]} != {a[0]}) ? {a[0]} : {a[1]})"
+
+
+def _vec_hard_sigmoid(a: list[str], attrs: Attrs, vt: str) -> str:
+    y = f"({_v(attrs['alpha'])} * {a[0]} + {_v(attrs['beta'])})"
+    return f"({y} < 0.0f ? ({vt})0.0f : ({y} > 1.0f ? ({vt})1.0f : {y}))"
+
+
+def _vec_hard_swish(a: list[str], attrs: Attrs, vt: str) -> str:
+    y = f"({a[0]} / 6.0f + 0.5f)"
+    return f"({a[0]} * ({y} < 0.0f ? ({vt})0.0f : ({y} > 1.0f ? ({vt})1.0f : {y})))"
+
+
+def _vec_abs(a: list[str], attrs: Attrs, vt: str) -> str:
+    bits = vt.replace("float", "uint")
+    return f"as_{vt}(as_{bits}({a[0]}) & 0x7fffffffu)"
+
+
+def _helper(name: str, vt: str) -> str:
+    """The kernels.HELPERS function `name` (erf, tanh, exp) for vector type `vt`."""
+    return f"ember_{name}{vt[len('float'):]}"
+
+
+def _vec_elu(a: list[str], attrs: Attrs, vt: str) -> str:
+    x, alpha = a[0], _v(attrs["alpha"])
+    return f"({x} < 0.0f ? {alpha} * ({_helper('exp', vt)}({x}) - 1.0f) : {x})"
+
+
+def _vec_selu(a: list[str], attrs: Attrs, vt: str) -> str:
+    x, alpha, gamma = a[0], _v(attrs["alpha"]), _v(attrs["gamma"])
+    return (f"({x} <= 0.0f ? {gamma} * {alpha} * ({_helper('exp', vt)}({x}) - 1.0f) "
+            f": {gamma} * {x})")
+
+
+def _vec_fn(name: str) -> VectorFn:
+    """A builtin, or (name "ember_*") the helper of the vector's width."""
+    if name.startswith("ember_"):
+        return lambda a, at, vt: f"{_helper(name[len('ember_'):], vt)}({a[0]})"
+    return lambda a, at, vt: f"{name}({a[0]})"
+
+
+VECTOR_EXPRESSIONS: dict[str, VectorFn] = {
+    "Add": lambda a, at, vt: f"({a[0]} + {a[1]})",
+    "Sub": lambda a, at, vt: f"({a[0]} - {a[1]})",
+    "Mul": lambda a, at, vt: f"({a[0]} * {a[1]})",
+    "Div": lambda a, at, vt: f"({a[0]} / {a[1]})",
+    "Pow": lambda a, at, vt: f"pow({a[0]}, {a[1]})",
+    "Max": _vec_max_min(">"),
+    "Min": _vec_max_min("<"),
+    "PRelu": lambda a, at, vt: f"({a[0]} < 0.0f ? {a[0]} * {a[1]} : {a[0]})",
+    "Neg": lambda a, at, vt: f"(-{a[0]})",
+    "Abs": _vec_abs,
+    "Relu": lambda a, at, vt: f"({a[0]} < 0.0f ? ({vt})0.0f : {a[0]})",
+    "Clip": _vec_clip,
+    "LeakyRelu": lambda a, at, vt: f"({a[0]} < 0.0f ? {_v(at['alpha'])} * {a[0]} : {a[0]})",
+    "Elu": _vec_elu,
+    "Selu": _vec_selu,
+    "HardSigmoid": _vec_hard_sigmoid,
+    "HardSwish": _vec_hard_swish,
+    "Sqrt": _vec_fn("sqrt"),
+    "Reciprocal": lambda a, at, vt: f"(1.0f / {a[0]})",
+    "Exp": _vec_fn("ember_exp"),
+    "Log": _vec_fn("log"),
+    "Floor": _vec_fn("floor"),
+    "Ceil": _vec_fn("ceil"),
+    "Round": _vec_fn("rint"),
+    "Sin": _vec_fn("sin"),
+    "Cos": _vec_fn("cos"),
+    "Erf": _vec_fn("ember_erf"),
+    "Tanh": _vec_fn("ember_tanh"),
+    "Sigmoid": lambda a, at, vt: f"(1.0f / (1.0f + {_helper('exp', vt)}(-{a[0]})))",
+    "Swish": lambda a, at, vt: (f"({a[0]} / (1.0f + {_helper('exp', vt)}"
+                                f"(-({_v(at['alpha'])} * {a[0]}))))"),
+    "Gelu": lambda a, at, vt: _gelu_text(a[0], at["approximate"], _v,
+                                         lambda f: _helper(f, vt)),
+}
+
+
+def vector_type(width: int) -> str:
+    """The float vector type of `width` lanes (1: float)."""
+    return "float" if width == 1 else f"float{width}"
+
+
+def vector_dag(nodes: Sequence[ExprNode], n_inputs: int, input_dtypes: Sequence[DType],
+               width: int, prefix: str) -> list[str] | None:
+    """Statements `const floatW <prefix><n_inputs + k> = ...;` computing the DAG on vectors
+    of `width` lanes from `<prefix>0..` (the inputs, already vectors), or None when a value
+    is not float32 or an op has no vector form (the caller keeps its scalar path)."""
+    if any(d is not DType.FLOAT32 for d in input_dtypes):
+        return None
+    vt = vector_type(width)
+    lines = []
+    for k, node in enumerate(nodes):
+        form = VECTOR_EXPRESSIONS.get(node.op)
+        if form is None or node.dtype is not DType.FLOAT32:
+            return None
+        text = form([f"{prefix}{i}" for i in node.args], node.attrs, vt)
+        lines.append(f"const {vt} {prefix}{n_inputs + k} = {text};")
+    return lines
+
+
+# Ops whose C form is only right for float operands.
+_FLOAT_ONLY = {"Pow", "IsNaN", "IsInf"}
+
+
+def expression_supported(node: ExprNode, arg_dtypes: Sequence[DType]) -> bool:
+    if node.op not in C_EXPRESSIONS:
+        return False
+    if node.op in _FLOAT_ONLY and not all(d.is_float for d in arg_dtypes[:1]):
+        return False
+    if node.op == "Pow" and not arg_dtypes[1].is_float and not arg_dtypes[1].is_integer:
+        return False
+    return True
+
+
+# -- rendering ------------------------------------------------------------------------------
+# Lanes per work-item of the vectorized kernel (CPU devices): one float8, an AVX2 register.
+EW_VECTOR_WIDTH = 8
+
+
+def _vector_loads(spec: ElementwiseSpec, modes: Sequence[str], width: int
+                  ) -> list[str] | None:
+    """How each input is read as a vector of `width` consecutive output elements (starting
+    at a multiple of `width`): "bcast" (one element, every lane) or "vec" (contiguous), or
+    None when some input needs a lane-by-lane gather. A broadcast input's lanes move along
+    the output's last axis only when no vector crosses a row (last dim % width == 0): then
+    its last-axis stride, 0 or 1, says which."""
+    loads = []
+    for t, mode in zip(spec.inputs, modes):
+        if mode == "scalar":
+            loads.append("bcast")
+        elif mode == "same":
+            loads.append("vec")
+        elif spec.shape[-1] % width == 0:
+            last = broadcast_strides(t.shape, spec.shape)[-1]
+            loads.append("bcast" if last == 0 else "vec")
+        else:
+            return None
+    return loads
+
+
+def render_elementwise(spec: ElementwiseSpec, target: Target) -> Lowered | None:
+    """The kernel of `spec`: one work-item per element, or, on CPU devices when every value
+    is float32 and every op has a vector form, one per EW_VECTOR_WIDTH elements computed as
+    one floatN (the tail past the last whole vector element by element). PoCL vectorizes
+    one-element work-items only when the body has no calls and uniform control flow, and
+    reads floatN through under-aligned vector types several times faster than scalars."""
+    n_in = len(spec.inputs)
+    for k, node in enumerate(spec.nodes):
+        if not expression_supported(node, [spec.value_dtype(i) for i in node.args]):
+            return None
+    size = 1
+    for dim in spec.shape:
+        size *= dim
+    rank = len(spec.shape)
+    out_strides = contiguous_strides(spec.shape)
+    modes = ["scalar" if t.size == 1 else "same" if t.shape == spec.shape else "strided"
+             for t in spec.inputs]
+    inputs = [
+        {
+            "mode": mode,
+            "ptr": pointer_type(t.dtype),
+            "load": load_expr(t.dtype, f"in{i}", f"off{i}"),
+            "strides": broadcast_strides(t.shape, spec.shape),
+            "ctype": compute_type(t.dtype),
+        }
+        for i, (t, mode) in enumerate(zip(spec.inputs, modes))
+    ]
+    body = []
+    for k, node in enumerate(spec.nodes):
+        args = [f"v{i}" for i in node.args]
+        arg_dtypes = [spec.value_dtype(i) for i in node.args]
+        expr = C_EXPRESSIONS[node.op](args, node.attrs, arg_dtypes, node.dtype)
+        body.append(f"const {compute_type(node.dtype)} v{n_in + k} = {expr};")
+    outputs = []
+    for j, index in enumerate(spec.outputs):
+        dtype = spec.value_dtype(index)
+        outputs.append(
+            {"ptr": pointer_type(dtype), "store": store_stmt(dtype, f"out{j}", "i", f"v{index}")}
+        )
+    width = EW_VECTOR_WIDTH
+    vector = None
+    if target.family.name == "cpu" and size >= width and rank >= 1:
+        loads = _vector_loads(spec, modes, width)
+        vbody = vector_dag(spec.nodes, n_in, [t.dtype for t in spec.inputs], width, "u")
+        if loads is not None and vbody is not None:
+            vector = {"loads": loads, "body": vbody, "width": width,
+                      "outputs": [f"u{index}" for index in spec.outputs]}
+    index_type = "int" if size < 2**31 else "long"
+    dtypes = [t.dtype for t in spec.inputs] + [n.dtype for n in spec.nodes]
+    name = kernel_name("ew", spec, vector is not None)
+    source = render(
+        "elementwise.cl.j2",
+        name=name,
+        inputs=inputs,
+        outputs=outputs,
+        body=body,
+        vector=vector,
+        size=size,
+        rank=rank,
+        shape=spec.shape,
+        out_strides=out_strides,
+        idx=index_type,
+        label=" ".join(n.op for n in spec.nodes),
+    )
+    kernel = Kernel(name, source, extensions_for(dtypes))
+    if size == 0:
+        return Lowered(())
+    args = tuple((IN, i) for i in range(n_in)) + tuple((OUT, j) for j in range(len(outputs)))
+    items = size if vector is None else -(-size // width)
+    return Lowered((Launch(kernel, (items,), None, args),))
+
+
+@kernel_builder(*[op.name for op in OPS if op.elementwise and op.name != "FusedElementwise"])
+def build_elementwise(spec: NodeSpec, target: Target) -> Lowered | None:
+    """One elementwise op node as a one-node DAG."""
+    n_in = len(spec.inputs)
+    node = ExprNode(spec.op, tuple(range(n_in)), spec.attrs, spec.outputs[0].dtype)
+    return render_elementwise(
+        ElementwiseSpec(spec.inputs, spec.outputs[0].shape, (node,), (n_in,)), target
+    )
+
+
+@kernel_builder("FusedElementwise")
+def build_fused_elementwise(spec: NodeSpec, target: Target) -> Lowered | None:
+    """A fused region: its whole DAG in one kernel, every output written by it."""
+    expr: FusedExpr = spec.attrs["expr"]
+    return render_elementwise(
+        ElementwiseSpec(spec.inputs, spec.outputs[0].shape, expr.nodes, expr.outputs), target
+    )

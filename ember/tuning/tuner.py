@@ -1,0 +1,602 @@
+"""The autotuner: measure a kernel's candidate parameters on the device, keep the fastest
+one that computes the right result, and remember it in the TuningDB.
+
+How tuned parameters reach the kernels: a builder asks `families.params_for(kind, key,
+target)`; the answer comes from `target.tuning` (a hashable TuningTable that `tuned_target`
+fills from the DB for one model's kernels) before the defaults. So a candidate is measured
+by lowering the spec for a target whose table holds just that candidate: the tuner runs
+exactly the code path compile() runs, and `lower()`'s cache stays correct. The builder
+reports which kind and key it looked up (`Lowered.tuning`), so the tuner never guesses.
+
+Measuring (`Bench`): inputs are small random integers stored as floats, so every sum of
+products is exact in float32 and a correct kernel matches the numpy reference (`OPS[op].
+evaluate`) within the float32 row of tests/harness.py's TOLERANCE (half: computed in float,
+rounded once); any other result rejects the candidate, as does a build or launch error.
+Outputs are filled with NaN before the checked run, so an element a kernel never writes
+cannot pass. Times are OpenCL profiling-event times: warm-up runs, then the median of
+repeats, each run on the next of several copies of the buffers so that caches do not
+flatter.
+
+Isolation: candidates are measured in worker processes (ember/workers.py: a kernel that
+crashes the driver kills a worker, not the caller). A job measures up to `_CHUNK` candidates
+(one program build, one Bench per worker for the spec); the worker opens the tuner's device
+by its fingerprint, lowers each candidate itself from (spec, target with that candidate's
+table) through the tuner's `lowerer` (a module-level function, pickled by name) and runs
+`Bench.measure`, exactly as in process. When a job's worker dies, each of its candidates is
+measured again alone, so that only the one that crashed is rejected, with the signal in its
+error. EMBER_WORKERS=0 measures in this process.
+
+Search: the builder's own (default) parameters first, then every candidate when the space
+is small, else a random sample and a local refinement around the best (one axis step at a
+time, until no neighbour is faster), then another sample and refinement (`restarts`),
+within a time budget per kernel and per model. Results go to the DB after each
+kernel, so an interrupted run resumes where it stopped: keys already in the DB are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ember.codegen.families import Target, TuningTable
+from ember.codegen.types import IN, OUT, TMP, Kernel, Lowered, NodeSpec
+from ember.codegen.registry import lower
+from ember.codegen.mathlib import program_header
+from ember.codegen.params import Lookup, param_kinds, search_space, tunable_spec
+from ember.tuning.db import TuningDB
+from ember.workers import isolated, shared_pool
+from ember.ir import OPS, DType
+from ember.ir.ops.attention import attention_geometry
+
+__all__ = ["TuneBudget", "Trial", "TuneResult", "Tuner", "Bench", "Rejected", "tuned_target",
+           "spec_flops", "spec_work", "TOLERANCE"]
+
+log = logging.getLogger(__name__)
+
+# Allowed (rtol, atol) per float dtype: the rows of tests/harness.py's TOLERANCE table.
+TOLERANCE = {DType.FLOAT32: (1e-5, 1e-5), DType.FLOAT16: (2e-3, 2e-3),
+             DType.FLOAT64: (1e-12, 1e-12)}
+_CHUNK = 8  # candidates built into one program (one build instead of eight)
+
+
+class TuningDevice(Protocol):
+    """What the tuner needs of a device (runtime.device.OpenCLDevice has it)."""
+
+    context: Any
+    target: Target
+
+    @property
+    def profiling_queue(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TuneBudget:
+    """How long tuning may take, and how thoroughly it measures."""
+
+    model_seconds: float = 60.0
+    kernel_seconds: float = 20.0
+    repeats: int = 5  # timed runs per candidate (their median counts)
+    warmup: int = 1
+    exhaustive_limit: int = 24  # spaces up to this size are measured whole
+    samples: int = 10  # random candidates measured before refining a large space
+    restarts: int = 1  # further random samples (and refinements) once a refinement ends
+    seed: int = 0
+    rotate_bytes: int = 64 << 20  # buffer copies rotated through: at least this many bytes
+
+
+class Rejected(Exception):
+    """A candidate that failed to build, to launch, or to compute the reference's result."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    params: Any
+    seconds: float | None  # median device time; None when rejected
+    error: str | None = None
+
+
+@dataclass
+class TuneResult:
+    """What tuning one kernel found."""
+
+    kind: str
+    key: str
+    flops: int  # the work one run does, in `unit`s x 1e9 per second (see spec_work)
+    default: Lookup  # what the builder uses untuned
+    trials: list[Trial] = field(default_factory=list)
+    elapsed: float = 0.0
+    skipped: bool = False  # already in the DB: nothing measured
+    exhausted: bool = False  # every candidate of the space was measured
+    unit: str = "GFLOP/s"  # "GB/s" for kernels that move data more than they multiply
+
+    def _accepted(self) -> list[Trial]:
+        return [t for t in self.trials if t.seconds is not None]
+
+    @property
+    def best(self) -> Trial | None:
+        accepted = self._accepted()
+        return min(accepted, key=lambda t: t.seconds) if accepted else None
+
+    @property
+    def default_trial(self) -> Trial | None:
+        return next((t for t in self.trials if t.params == self.default.params), None)
+
+    @property
+    def rejected(self) -> list[Trial]:
+        return [t for t in self.trials if t.seconds is None]
+
+    def gflops(self, seconds: float | None) -> float | None:
+        return self.flops / seconds * 1e-9 if seconds else None
+
+    @property
+    def speedup(self) -> float | None:
+        best, default = self.best, self.default_trial
+        if best is None or default is None or default.seconds is None:
+            return None
+        return default.seconds / best.seconds
+
+
+def spec_flops(spec: NodeSpec) -> int:
+    """Multiply-adds x 2 of a MatMul / Conv / ConvTranspose / Attention spec (0 for other
+    ops; attention's softmax is not counted)."""
+    out = spec.outputs[0]
+    if spec.op == "MatMul":
+        a = spec.inputs[0]
+        k = a.shape[-2] if spec.attrs["trans_a"] else a.shape[-1]
+        return 2 * out.size * k
+    if spec.op in ("Conv", "ConvTranspose"):
+        w = spec.inputs[1]
+        per = w.shape[1] * math.prod(w.shape[2:])
+        return 2 * (out.size if spec.op == "Conv" else spec.inputs[0].size) * per
+    if spec.op == "Attention":
+        a = spec.attrs
+        g = attention_geometry(*(t.shape for t in spec.inputs[:3]),
+                               spec.inputs[3].shape if len(spec.inputs) > 3 else None,
+                               a["q_perm"], a["k_perm"], a["v_perm"], a["out_perm"])
+        return 2 * g.batch_size * g.sq * g.sk * (g.d + g.dv)
+    return 0
+
+
+def spec_work(spec: NodeSpec) -> tuple[int, str]:
+    """What a kernel's speed is counted in: FLOPs for products, else the bytes it reads and
+    writes (row kernels: softmax, norms), with the rate's unit."""
+    flops = spec_flops(spec)
+    if flops:
+        return flops, "GFLOP/s"
+    return sum(t.size * t.dtype.itemsize for t in (*spec.inputs, *spec.outputs)), "GB/s"
+
+
+def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype: DType) -> np.ndarray:
+    """Integers in [-2, 2] (as floats too): sums of their products are exact."""
+    if dtype is DType.BOOL:
+        return rng.random(shape) < 0.5
+    low = 0 if np.dtype(dtype.np_dtype).kind == "u" else -2
+    return rng.integers(low, 3, size=shape).astype(dtype.np_dtype)
+
+
+def _reference(spec: NodeSpec, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The op's numpy reference; half inputs are evaluated in float and rounded once, as
+    the kernels compute them."""
+    half = any(t.dtype is DType.FLOAT16 for t in spec.inputs)
+    if half:
+        arrays = [a.astype(np.float32) if a.dtype == np.float16 else a for a in arrays]
+    results = OPS[spec.op].evaluate(list(arrays), spec.attrs)
+    return [np.asarray(r).astype(t.dtype.np_dtype).reshape(t.shape)
+            for r, t in zip(results, spec.outputs)]
+
+
+def _mismatch(actual: np.ndarray, expected: np.ndarray, dtype: DType) -> str | None:
+    if not dtype.is_float:
+        bad = actual != expected
+        return f"{int(bad.sum())} element(s) differ" if bad.any() else None
+    rtol, atol = TOLERANCE[dtype]
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    ok = np.isclose(a, e, rtol=rtol, atol=atol, equal_nan=True)
+    if ok.all():
+        return None
+    where = np.unravel_index(int(np.argmin(ok)), ok.shape)
+    return (f"{int((~ok).sum())} of {ok.size} element(s) off; at {tuple(int(i) for i in where)}"
+            f" got {a[where]!r}, expected {e[where]!r} (rtol {rtol}, atol {atol})")
+
+
+class Bench:
+    """Random inputs for one spec, its reference result, and copies of the device buffers
+    to rotate between runs."""
+
+    def __init__(self, spec: NodeSpec, device: TuningDevice, budget: TuneBudget,
+                 seed: int = 0) -> None:
+        import pyopencl as cl
+
+        self.cl, self.spec, self.device, self.budget = cl, spec, device, budget
+        rng = np.random.default_rng(seed)
+        self.arrays = [_random(rng, t.shape, t.dtype) for t in spec.inputs]
+        self.expected = _reference(spec, self.arrays)
+        per_set = sum(a.nbytes for a in self.arrays) + sum(t.nbytes for t in spec.outputs)
+        self.copies = max(1, min(8, math.ceil(budget.rotate_bytes / max(per_set, 1))))
+        self.inputs = [[self._upload(a) for a in self.arrays] for _ in range(self.copies)]
+        self.outputs = [[self._empty(t.nbytes) for t in spec.outputs]
+                        for _ in range(self.copies)]
+
+    def _empty(self, nbytes: int) -> Any:
+        return self.cl.Buffer(self.device.context, self.cl.mem_flags.READ_WRITE, max(nbytes, 1))
+
+    def _upload(self, array: np.ndarray) -> Any:
+        array = np.ascontiguousarray(array)
+        buffer = self._empty(array.nbytes)
+        if array.nbytes:
+            self.cl.enqueue_copy(self.device.profiling_queue, buffer, array)
+        return buffer
+
+    def measure(self, lowered: Lowered, program: Any) -> float:
+        """Check one lowering against the reference, then its median time (seconds)."""
+        cl, queue = self.cl, self.device.profiling_queue
+        inputs = [list(row) for row in self.inputs]
+        for i, layout in lowered.packed:  # the candidate's own layout of a constant input
+            packed = layout(self.arrays[i])
+            for row in inputs:
+                row[i] = self._upload(packed)
+        temps = [self._empty(n) for n in lowered.temps]
+        aliases = dict(lowered.aliases)
+        outputs = [[row_in[aliases[j]] if j in aliases else row_out[j]
+                    for j in range(len(row_out))]
+                   for row_in, row_out in zip(inputs, self.outputs)]
+        runs = []
+        for row_in, row_out in zip(inputs, outputs):
+            kernels = []
+            for launch in lowered.launches:
+                try:
+                    kernel = cl.Kernel(program, launch.kernel.name)
+                    kernel.set_args(*[{IN: row_in, OUT: row_out, TMP: temps}[kind][i]
+                                      for kind, i in launch.args])
+                except cl.Error as exc:
+                    raise Rejected(f"kernel {launch.kernel.name} not usable: {exc}") from None
+                kernels.append((kernel, launch.global_size, launch.local_size))
+            runs.append(kernels)
+
+        def run(copy: int) -> float:
+            try:
+                events = [cl.enqueue_nd_range_kernel(queue, k, g, l) for k, g, l in runs[copy]]
+                queue.finish()
+            except cl.Error as exc:
+                raise Rejected(f"launch failed: {exc}") from None
+            return sum((e.profile.end - e.profile.start) * 1e-9 for e in events)
+
+        for j, t in enumerate(self.spec.outputs):  # NaN / all-ones: unwritten cannot pass
+            if t.nbytes and j not in aliases:
+                cl.enqueue_fill_buffer(queue, outputs[0][j], np.uint8(0xFF), 0, t.nbytes)
+        run(0)
+        for j, (t, expected) in enumerate(zip(self.spec.outputs, self.expected)):
+            actual = np.empty(t.shape, t.dtype.np_dtype)
+            if actual.nbytes:
+                cl.enqueue_copy(queue, actual, outputs[0][j])
+            why = _mismatch(actual, expected, t.dtype)
+            if why:
+                raise Rejected(f"output {j} differs from the reference: {why}")
+        for i in range(self.budget.warmup):
+            run((i + 1) % self.copies)
+        times = [run(i % self.copies) for i in range(max(self.budget.repeats, 1))]
+        return statistics.median(times)
+
+
+def _build(device: TuningDevice, lowereds: Sequence[Lowered]) -> Any:
+    """One program holding every kernel of the lowerings (kernels they share built once)."""
+    import pyopencl as cl
+
+    kernels: dict[str, Kernel] = {}
+    for lowered in lowereds:
+        for k in lowered.kernels:
+            kernels.setdefault(k.name, k)
+    unique = list(kernels.values())
+    source = program_header(unique) + "\n".join(k.source for k in unique)
+    try:
+        return cl.Program(device.context, source).build()
+    except cl.Error as exc:
+        raise Rejected(f"build failed: {str(exc).strip()[:500]}") from None
+
+
+def _measure_batch(device: TuningDevice, bench: Bench, candidates: Sequence[tuple[Any, Lowered]],
+                   stop: float) -> list[tuple[Any, tuple[float | None, str | None]]]:
+    """(params, (median seconds or None, error)) of each candidate measured before `stop`:
+    their kernels built as one program (each alone when that fails, to find the culprit)."""
+    try:
+        program = _build(device, [lowered for _, lowered in candidates])
+        programs: list[Any] = [program] * len(candidates)
+    except Rejected:
+        programs = []
+        for _, lowered in candidates:
+            try:
+                programs.append(_build(device, [lowered]))
+            except Rejected as exc:
+                programs.append(exc)
+    found: list[tuple[Any, tuple[float | None, str | None]]] = []
+    for (params, lowered), program in zip(candidates, programs):
+        if time.perf_counter() > stop and found:
+            break
+        if isinstance(program, Rejected):
+            found.append((params, (None, str(program))))
+            continue
+        try:
+            found.append((params, (bench.measure(lowered, program), None)))
+        except Rejected as exc:
+            found.append((params, (None, str(exc))))
+    return found
+
+
+class _WorkerDevice:
+    """The tuner's device as a worker opens it: found by fingerprint, own context."""
+
+    def __init__(self, fingerprint: str, target: Target) -> None:
+        import pyopencl as cl
+
+        from ember.runtime.cache import share_pocl_cache
+        from ember.codegen.families import read_traits
+
+        share_pocl_cache()  # the parent's POCL_CACHE_DIR is inherited; this is a no-op then
+        for platform in cl.get_platforms():
+            for device in platform.get_devices():
+                if read_traits(platform, device).fingerprint == fingerprint:
+                    self.context = cl.Context([device])
+                    self.target = target
+                    self.profiling_queue = cl.CommandQueue(
+                        self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
+                    return
+        raise RuntimeError(f"no OpenCL device with fingerprint {fingerprint!r} in the worker")
+
+
+_WORKER_STATE: dict[str, Any] = {}  # a worker's device and its last Bench
+
+
+def _measure_in_worker(fingerprint: str, spec: NodeSpec, target: Target, budget: TuneBudget,
+                       lowerer: Callable[[NodeSpec, Target], Lowered | None],
+                       tables: list[tuple[Any, TuningTable]], seconds: float
+                       ) -> list[tuple[float | None, str | None]]:
+    """A worker's job: lower each candidate (its params in its own table) and measure them
+    as `_measure_batch` does; the results in the candidates' order, those measured in time."""
+    device = _WORKER_STATE.get("device")
+    if device is None or _WORKER_STATE.get("fingerprint") != fingerprint:
+        device = _WorkerDevice(fingerprint, target)
+        _WORKER_STATE.update(device=device, fingerprint=fingerprint, bench=None)
+    device.target = target
+    key = (spec, budget, fingerprint)
+    bench = _WORKER_STATE.get("bench")
+    if bench is None or _WORKER_STATE.get("bench_key") != key:
+        bench = Bench(spec, device, budget, budget.seed)
+        _WORKER_STATE.update(bench=bench, bench_key=key)
+    candidates = []
+    for params, table in tables:
+        lowered = lowerer(spec, target.with_tuning(table))
+        if lowered is None:
+            raise RuntimeError(f"the builder did not take {params} in the worker")
+        candidates.append((params, lowered))
+    stop = time.perf_counter() + seconds
+    return [result for _, result in _measure_batch(device, bench, candidates, stop)]
+
+
+class Tuner:
+    """Tunes kernels of one device and stores the winners in its TuningDB.
+
+    `lowerer` is how a spec becomes launches (`lower`, the compiler's own path); tests
+    pass a wrapper that breaks one candidate's kernel to show it is rejected. Workers get it
+    pickled by name: it must be a module-level function of an importable module."""
+
+    def __init__(self, device: TuningDevice, db: TuningDB | None = None,
+                 budget: TuneBudget = TuneBudget(), *, progress: bool | None = None,
+                 lowerer: Callable[[NodeSpec, Target], Lowered | None] = lower) -> None:
+        self.device = device
+        self.target = device.target.with_tuning(TuningTable())
+        self.db = db
+        self.budget = budget
+        self.progress = progress
+        self.lowerer = lowerer
+
+    def _bar(self, total: int, desc: str) -> Any:
+        """A progress bar over candidates (progress=None: shown on a terminal only)."""
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc[:48], unit="cand", dynamic_ncols=True,
+                    disable=None if self.progress is None else not self.progress)
+
+    def lookup_of(self, spec: NodeSpec) -> tuple[NodeSpec, Lookup] | None:
+        """The plain problem a spec tunes as and its untuned lookup (None: not tunable)."""
+        plain = tunable_spec(spec)
+        lowered = self.lowerer(plain, self.target) if plain is not None else None
+        if lowered is None or lowered.tuning is None or lowered.tuning.key is None:
+            return None
+        return plain, lowered.tuning
+
+    def tune(self, spec: NodeSpec, *, candidates: Sequence[Any] | None = None,
+             deadline: float | None = None, force: bool = False) -> TuneResult | None:
+        """Tune one spec (None when its builder has no tunables on this target). Explicit
+        `candidates` are all measured (no budget), else the kind's search space is.
+        Keys already in the DB are skipped unless `force`."""
+        found = self.lookup_of(spec)
+        if found is None:
+            return None
+        plain, lookup = found
+        work, unit = spec_work(plain)
+        result = TuneResult(lookup.kind, lookup.key, work, lookup, unit=unit)
+        if self.db is not None and not force and candidates is None \
+                and (lookup.kind, lookup.key) in self.db:
+            result.skipped = True
+            return result
+        start = time.perf_counter()
+        stop = math.inf if candidates is not None else min(
+            deadline if deadline is not None else math.inf, start + self.budget.kernel_seconds)
+        itemsize = 8 if plain.inputs[0].dtype is DType.FLOAT64 else 4
+        space = search_space(lookup.kind, self.target, itemsize)
+        kind = param_kinds()[lookup.kind]
+        pool = list(candidates) if candidates is not None else list(space.legal)
+        # in a worker (which makes its own Bench), else here
+        bench = None if isolated() else Bench(plain, self.device, self.budget,
+                                              self.budget.seed)
+        seen: dict[tuple[str, ...], Trial] = {}
+        exhaustive = candidates is not None or len(pool) <= self.budget.exhaustive_limit
+        bar = self._bar(1 + (len(pool) if exhaustive else self.budget.samples), lookup.key)
+
+        def measure(batch: Iterable[Any]) -> None:
+            todo = []
+            for params in batch:
+                if time.perf_counter() > stop:
+                    break
+                if any(t.params == params for t in result.trials):
+                    continue
+                broken = kind.violations(params, self.target, itemsize)
+                if broken:
+                    result.trials.append(Trial(params, None, "illegal here: " + "; ".join(broken)))
+                    continue
+                table = TuningTable.of({(lookup.kind, lookup.key): params})
+                lowered = self.lowerer(plain, self.target.with_tuning(table))
+                if lowered is None or lowered.tuning is None or lowered.tuning.level != "device":
+                    result.trials.append(Trial(params, None, "the builder did not take it"))
+                    continue
+                names = tuple(k.name for k in lowered.kernels)
+                if names in seen:  # fitted to the problem, it is a kernel already measured
+                    result.trials.append(Trial(params, seen[names].seconds, seen[names].error))
+                    continue
+                todo.append((params, lowered, names))
+            for i in range(0, len(todo), _CHUNK):
+                self._measure_chunk(bench, todo[i:i + _CHUNK], result, seen, stop, bar, plain)
+
+        measure([lookup.params])
+        if exhaustive:
+            measure(pool)
+            result.exhausted = {t.params for t in result.trials} >= set(pool)
+        else:
+            rng = random.Random(f"{self.budget.seed}|{lookup.kind}|{lookup.key}")
+            for restart in range(self.budget.restarts + 1):
+                tried = {t.params for t in result.trials}
+                fresh = [p for p in space.sample(len(space), rng) if p not in tried]
+                if restart:
+                    bar.total += min(len(fresh), self.budget.samples)
+                measure(fresh[:self.budget.samples])
+                while time.perf_counter() <= stop and result.best is not None:
+                    tried = {t.params for t in result.trials}
+                    nearby = [p for p in space.neighbours(result.best.params) if p not in tried]
+                    if not nearby:
+                        break
+                    bar.total += len(nearby)
+                    measure(nearby)
+                if time.perf_counter() > stop:
+                    break
+        bar.close()
+        result.elapsed = time.perf_counter() - start
+        self._store(result)
+        return result
+
+    def _measure_chunk(self, bench: Bench | None, todo: list, result: TuneResult,
+                       seen: dict[tuple[str, ...], Trial], stop: float, bar: Any,
+                       plain: NodeSpec) -> None:
+        for params, (seconds, error) in self._measure_many(todo, result, stop, bench, plain):
+            names = next(n for p, _, n in todo if p == params)
+            trial = Trial(params, seconds, error)
+            if trial.error:
+                log.info("%s candidate %s rejected: %s", result.kind, params, trial.error)
+            result.trials.append(trial)
+            seen[names] = trial
+            bar.update(1)
+            best = result.best
+            if best is not None:
+                bar.set_postfix_str(f"best {result.gflops(best.seconds) or 0:.1f} {result.unit}")
+
+    def _measure_many(self, todo: list, result: TuneResult, stop: float, bench: Bench | None,
+                      plain: NodeSpec | None) -> list[tuple[Any, tuple[float | None, str | None]]]:
+        """(params, (seconds, error)) of the candidates measured before `stop`: in this
+        process (`bench` given) or in a worker, each alone again when a batch crashed."""
+        if bench is not None:
+            return _measure_batch(self.device, bench, [(p, lw) for p, lw, _ in todo], stop)
+        assert plain is not None
+        table_of = [(params, TuningTable.of({(result.kind, result.key): params}))
+                    for params, _, _ in todo]
+        job = (_measure_in_worker, (self.device.target.traits.fingerprint, plain, self.target,
+                                    self.budget, self.lowerer, table_of,
+                                    stop - time.perf_counter()))
+        timeout = max(60.0, 20 * self.budget.kernel_seconds)
+        pool = shared_pool()
+        try:
+            (outcome,) = pool.run([job], timeout, parallel=1)
+        except OSError as exc:  # no worker could be started: nothing is measured unsafely
+            return [(p, (None, f"no tuning worker could be started: {exc}"))
+                    for p, _ in table_of]
+        if outcome.ok:
+            return list(zip([p for p, _ in table_of], outcome.value))[:len(outcome.value)]
+        if not outcome.crashed:
+            return [(p, (None, outcome.error)) for p, _ in table_of]
+        if len(table_of) == 1:
+            return [(table_of[0][0], (None, outcome.error))]
+        found = []  # the batch crashed: which candidate did it?
+        for one in table_of:
+            if time.perf_counter() > stop and found:
+                break
+            alone = (_measure_in_worker, (*job[1][:5], [one], stop - time.perf_counter()))
+            (outcome,) = pool.run([alone], timeout, parallel=1)
+            found.append((one[0], outcome.value[0] if outcome.ok and outcome.value
+                           else (None, outcome.error or "not measured")))
+        return found
+
+    def _store(self, result: TuneResult) -> None:
+        best = result.best
+        if best is None:
+            log.warning("tuning %s %s: no candidate computed the reference result",
+                        result.kind, result.key)
+            return
+        if self.db is None:
+            return
+        default = result.default_trial
+        self.db.put(result.kind, result.key, best.params, seconds=best.seconds,
+                    **{"gflops" if result.unit == "GFLOP/s" else "gbps":
+                       result.gflops(best.seconds)},
+                    default_params=str(result.default.params),
+                    default_seconds=default.seconds if default else None,
+                    default_level=result.default.level,
+                    candidates=len(result.trials), rejected=len(result.rejected),
+                    exhausted=result.exhausted)
+        try:
+            self.db.save()
+        except OSError as exc:  # a read-only cache: this process still uses the result
+            log.warning("could not save the TuningDB %s: %s", self.db.path, exc)
+
+    def tune_all(self, specs: Iterable[NodeSpec], *, force: bool = False) -> list[TuneResult]:
+        """Tune the distinct problems of `specs` (largest first) within the model budget."""
+        found: dict[tuple[str, str], NodeSpec] = {}
+        for spec in specs:
+            hit = self.lookup_of(spec)
+            if hit is not None:
+                found.setdefault((hit[1].kind, hit[1].key), hit[0])
+        # products first (where tuning pays most), then the rest, larger first
+        order = sorted(found.values(), key=lambda s: (spec_flops(s) > 0, spec_work(s)[0]),
+                       reverse=True)
+        deadline = time.perf_counter() + self.budget.model_seconds
+        results = []
+        for spec in order:
+            if time.perf_counter() > deadline:
+                log.info("tuning budget of %.0f s spent; %d kernel(s) left untuned",
+                         self.budget.model_seconds, len(order) - len(results))
+                break
+            result = self.tune(spec, deadline=deadline, force=force)
+            if result is not None:
+                results.append(result)
+        return results
+
+
+def tuned_target(specs: Sequence[NodeSpec], device: TuningDevice, *, tune: bool,
+                 budget: TuneBudget = TuneBudget(), db: TuningDB | None = None,
+                 progress: bool | None = None) -> tuple[Target, list[TuneResult]]:
+    """The device's target carrying the DB's tuned params for these specs, tuning the ones
+    the DB lacks first when `tune`; and what tuning found."""
+    db = db if db is not None else TuningDB(device.target)
+    tuner = Tuner(device, db, budget, progress=progress)
+    results = tuner.tune_all(specs) if tune else []
+    keys = []
+    for spec in specs:
+        hit = tuner.lookup_of(spec)
+        if hit is not None:
+            keys.append((hit[1].kind, hit[1].key))
+    return device.target.with_tuning(db.table(keys)), results
