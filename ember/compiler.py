@@ -157,8 +157,11 @@ class CompiledModel:
         target = self.device.target if self.device is not None else None
         supports = None
         if target is not None:
+            pack = self.opt_level >= 2
+
             def supports(g: Graph, node: int) -> bool:
-                return lower(node_spec(g, node), target) is not None
+                # the very spec the plan compiles (packable constants included)
+                return lower(node_spec(g, node, pack_constants=pack), target) is not None
 
         ctx = PassContext(
             opt_level=self.opt_level,

@@ -61,13 +61,15 @@ def add_shape_arguments(parser: argparse.ArgumentParser, text: str) -> None:
                              "',' or 'x'")
 
 
-def parse_pairs(items: Sequence[str], flag: str) -> dict[str, str]:
-    """['a=1', 'b=2'] -> {'a': '1', 'b': '2'}; a name given twice is an error."""
+def parse_pairs(items: Sequence[str], flag: str, expected: str = "NAME=VALUE",
+                malformed: type[InputError | ShapeError] = InputError) -> dict[str, str]:
+    """['a=1', 'b=2'] -> {'a': '1', 'b': '2'}; a name given twice is an error, an item that
+    is not NAME=VALUE a `malformed` error saying what was `expected`."""
     pairs: dict[str, str] = {}
     for item in items:
         name, sep, value = item.rpartition("=")
         if not sep or not name or not value:
-            raise InputError(f"{flag} {item!r}: expected NAME=VALUE")
+            raise malformed(f"{flag} {item!r}: expected {expected}")
         if name in pairs:
             raise InputError(f"{flag} gives input {name!r} twice")
         pairs[name] = value
@@ -88,15 +90,8 @@ def parse_shape(name: str, text: str) -> Shape:
 def parse_shapes(items: Sequence[str]) -> dict[str, Shape]:
     """['x=1x3x224x224', 'y=7'] -> {'x': (1, 3, 224, 224), 'y': (7,)}; an input given
     twice is an error."""
-    shapes: dict[str, Shape] = {}
-    for item in items:
-        name, sep, text = item.rpartition("=")
-        if not sep or not name or not text:
-            raise ShapeError(f"--shape {item!r}: expected {SHAPE_METAVAR}")
-        if name in shapes:
-            raise InputError(f"--shape gives input {name!r} twice")
-        shapes[name] = parse_shape(name, text)
-    return shapes
+    pairs = parse_pairs(items, "--shape", SHAPE_METAVAR, ShapeError)
+    return {name: parse_shape(name, text) for name, text in pairs.items()}
 
 
 def shape_text(shape: Sequence[int]) -> str:

@@ -77,6 +77,9 @@ class Family:
     vendor: str = "generic"  # "nvidia", "amd", "intel", "apple", "arm", "qualcomm", ...
     arch: str = ""  # "sm_86", "gfx803", "gfx1030", "xe-hpg": the arch level of lookups
     generation: str = ""  # for people: "Ampere", "Polaris", "RDNA2", ...
+    # Kernels as register tiles of explicit floatN vectors, no local memory (what a CPU's
+    # SIMD units want; PoCL runs a work-group as loops), instead of local-memory tiles.
+    register_tiles: bool = False
 
 
 FAMILIES = {
@@ -85,7 +88,7 @@ FAMILIES = {
     "amd-rdna": Family("amd-rdna", 32, True, "amd"),
     "intel-gpu": Family("intel-gpu", 16, True, "intel"),
     "gpu": Family("gpu", 32, True),
-    "cpu": Family("cpu", 16, False),
+    "cpu": Family("cpu", 16, False, register_tiles=True),
     "generic": Family("generic", 1, False),
 }
 

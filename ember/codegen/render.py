@@ -9,19 +9,14 @@ import functools
 import hashlib
 import importlib.util
 import marshal
-import math
 import types
-from collections.abc import Sequence
 from pathlib import Path
 
 import jinja2
-import numpy as np
 
-from ember.ir import DType
 from ember.paths import default_cache_dir, write_file_atomic
 
-__all__ = ["TemplateCodeCache", "render", "kernel_name", "c_literal", "contiguous_strides",
-           "broadcast_strides"]
+__all__ = ["TemplateCodeCache", "render", "kernel_name"]
 
 TEMPLATE_CODE = "templates"  # the compiled templates' folder under the cache directory
 
@@ -76,46 +71,3 @@ def kernel_name(kind: str, *key_parts: object) -> str:
     """A stable identifier for a kernel: kind plus a digest of everything it depends on."""
     digest = hashlib.sha1(repr(key_parts).encode()).hexdigest()[:12]
     return f"{kind}_{digest}"
-
-
-def c_literal(value: float | int | bool, dtype: DType) -> str:
-    """A C literal of `value` in the compute type of `dtype`."""
-    if dtype.is_float:
-        value = float(value)
-        if math.isnan(value):
-            return "NAN"
-        if math.isinf(value):
-            return "INFINITY" if value > 0 else "(-INFINITY)"
-        if dtype is DType.FLOAT64:
-            return repr(value)
-        return f"{np.float32(value)!r}f".replace("np.float32(", "").replace(")", "")
-    if dtype is DType.BOOL:
-        return "1" if value else "0"
-    text = str(int(value))
-    if dtype in (DType.INT64,):
-        return f"{text}L"
-    if dtype in (DType.UINT64,):
-        return f"{text}UL"
-    if dtype in (DType.UINT32,):
-        return f"{text}U"
-    return f"(({dtype.cl_name}){text})"
-
-
-def contiguous_strides(shape: Sequence[int]) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for dim in reversed(shape):
-        strides.append(acc)
-        acc *= max(dim, 1)
-    return tuple(reversed(strides))
-
-
-def broadcast_strides(in_shape: Sequence[int], out_shape: Sequence[int]) -> tuple[int, ...]:
-    """Strides (in elements) to read `in_shape` at the coordinates of `out_shape`; 0 on axes
-    where the input broadcasts."""
-    pad = len(out_shape) - len(in_shape)
-    own = contiguous_strides(in_shape)
-    out = []
-    for axis in range(len(out_shape)):
-        k = axis - pad
-        out.append(0 if k < 0 or in_shape[k] == 1 else own[k])
-    return tuple(out)

@@ -20,7 +20,11 @@ from ember.ir.dtypes import DType
 from ember.ir.ops import OPS
 from ember.ir.types import TensorType
 
-__all__ = ["Graph", "Value", "Use"]
+__all__ = ["DEVICE", "HOST", "Graph", "Value", "Use"]
+
+# A node's "placement" meta (set by lowering's placement, read by the execution plan):
+# where its op runs.
+DEVICE, HOST = "device", "host"
 
 
 class Value(NamedTuple):

@@ -7,13 +7,10 @@ host. The decision is stored as the node's `placement` meta ("device" or "host")
 
 from __future__ import annotations
 
-from ember.ir import Graph
+from ember.ir import DEVICE, HOST, Graph
 from ember.lowering.passes import PassContext, PassResult
 
 __all__ = ["Place", "DEVICE", "HOST"]
-
-DEVICE = "device"
-HOST = "host"
 
 
 class Place:

@@ -87,9 +87,9 @@ def build_program(device: OpenCLDevice, source: str, options: tuple[str, ...] = 
         except cl.Error as exc:
             path = Path(tempfile.gettempdir()) / f"ember-failed-{digest[:16]}.cl"
             path.write_text(source)
-            log_text = ""
+            what = getattr(exc, "what", None)
             try:
-                log_text = str(getattr(exc, "what", lambda: exc)())
+                log_text = str(what() if callable(what) else exc)
             except Exception:  # noqa: BLE001 - the log is best effort; the error still stands
                 log_text = str(exc)
             raise CompileError(

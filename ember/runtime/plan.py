@@ -16,12 +16,11 @@ import numpy as np
 from ember.codegen.families import Target
 from ember.codegen.types import Kernel, Lowered, NodeSpec
 from ember.codegen.registry import lower
-from ember.ir import Attrs, Graph, TensorType, Value
+from ember.ir import DEVICE, HOST, Attrs, Graph, TensorType, Value
 from ember.runtime.memory import MemoryPlan, build_memory_plan
 
 __all__ = ["Slot", "Step", "ExecutionPlan", "build_plan", "node_spec", "DEVICE", "HOST"]
 
-DEVICE, HOST = "device", "host"
 
 
 @dataclass(frozen=True)
@@ -99,6 +98,28 @@ def node_spec(graph: Graph, node: int, *, pack_constants: bool = False) -> NodeS
     )
 
 
+Packs = dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]]  # (node, port) -> layout
+
+
+def _lower_device_nodes(graph: Graph, order: list[int], target: Target | None,
+                        pack_constants: bool) -> tuple[dict[int, Lowered | None], Packs]:
+    """The launches of every node placed on the device, and the constant inputs their
+    kernels want in a layout of their own."""
+    lowered_of: dict[int, Lowered | None] = {}
+    packs: Packs = {}
+    if target is None:
+        return lowered_of, packs
+    for node in order:
+        if graph.op(node) in ("Input", "Constant"):
+            continue
+        if graph.meta(node, "placement", HOST) == DEVICE:
+            lowered = lower(node_spec(graph, node, pack_constants=pack_constants), target)
+            lowered_of[node] = lowered
+            for port, layout in (lowered.packed if lowered is not None else ()):
+                packs[(node, port)] = layout
+    return lowered_of, packs
+
+
 def build_plan(graph: Graph, target: Target | None, *, plan_memory: bool = True,
                pack_constants: bool = False) -> ExecutionPlan:
     """Walk the lowered graph in topological order and give every tensor a slot, then plan
@@ -114,17 +135,7 @@ def build_plan(graph: Graph, target: Target | None, *, plan_memory: bool = True,
     constants: dict[int, np.ndarray] = {}
     inputs: dict[str, int] = {}
     order = graph.topological_order()
-
-    lowered_of: dict[int, Lowered | None] = {}
-    packs: dict[tuple[int, int], Callable[[np.ndarray], np.ndarray]] = {}  # (node, port)
-    for node in order:
-        if graph.op(node) in ("Input", "Constant"):
-            continue
-        if graph.meta(node, "placement", HOST) == DEVICE and target is not None:
-            lowered = lower(node_spec(graph, node, pack_constants=pack_constants), target)
-            lowered_of[node] = lowered
-            for port, layout in (lowered.packed if lowered is not None else ()):
-                packs[(node, port)] = layout
+    lowered_of, packs = _lower_device_nodes(graph, order, target, pack_constants)
 
     def new_slot(value: Value, kind: str, alias_of: int | None = None,
                  type_: TensorType | None = None, suffix: str = "") -> int:

@@ -13,13 +13,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from ember.codegen.csrc import broadcast_strides, c_literal, contiguous_strides, index_type, int_literal
 from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.render import broadcast_strides, c_literal, contiguous_strides, kernel_name, \
+from ember.codegen.render import kernel_name, \
     render
-from ember.codegen.kernels.rows import index_type, lit
 from ember.codegen.params import Checked, ParamKind, Rule, params_for, register_kind, tuning_key
 from ember.ir import DType
 from ember.ir.ops.attention import AttentionGeometry, attention_geometry
@@ -285,7 +285,7 @@ def build_attention(spec: NodeSpec, target: Target,
         exp_k=lambda e: _vector_call("exp", e, compute_type(acc_dtype), params.kblock,
                                      acc_dtype.itemsize),
         reduce=lambda var, width, op: _reduce_body(var, width, op, compute_type(acc_dtype)),
-        store=_storer(dtype, "out", vv), store1=_storer(dtype, "out", 1), lit=lit,
+        store=_storer(dtype, "out", vv), store1=_storer(dtype, "out", 1), lit=int_literal,
         vector_widths=[] if dtype is DType.FLOAT16 else sorted({vd, vv} - {1}),
         itemsize=dtype.itemsize,
     )

@@ -7,11 +7,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ember.codegen.csrc import index_type
 from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.kernels.reduce import accumulator_type, index_type
+from ember.codegen.kernels.reduce import accumulator_type
 from ember.codegen.render import kernel_name, render
 from ember.ir import OPS, DType
 from ember.ir.ops.common import normalize_axis

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from ember.codegen.csrc import contiguous_strides, ctype_bytes, index_type
 from ember.codegen.kernels.conv_depthwise import depthwise_cpu_lowered
 from ember.codegen.kernels.conv_rows import conv_rows_lowered, conv_rows_supported
 from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr
@@ -30,8 +31,8 @@ from ember.codegen.kernels.gemm_cpu import (
 from ember.codegen.kernels.gemv_cpu import conv_gemv, conv_gemv_ok
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.kernels.matmul import gemm_launch, gemm_params, index_type
-from ember.codegen.render import contiguous_strides, kernel_name, render
+from ember.codegen.kernels.matmul import gemm_launch, gemm_params
+from ember.codegen.render import kernel_name, render
 from ember.codegen.params import Lookup, params_for, tuning_key
 from ember.ir import DType
 from ember.ir.ops.fused import epilogue_inputs
@@ -46,7 +47,7 @@ def _common(spec: NodeSpec, g: ConvGeometry) -> dict[str, Any] | None:
     x = spec.inputs[0]
     dtype = x.dtype
     n_base = _base_inputs(spec)
-    idx = index_type([*spec.inputs, *spec.outputs])
+    idx = index_type(*(t.size for t in (*spec.inputs, *spec.outputs)))
     epilogue = epilogue_code(spec.attrs.get("epilogue"), spec.inputs[n_base:], spec.outputs[0],
                              dtype, idx)
     if epilogue is None:
@@ -94,8 +95,6 @@ def _args(spec: NodeSpec) -> tuple[tuple[str, int], ...]:
     return tuple((IN, i) for i in range(len(spec.inputs))) + ((OUT, 0),)
 
 
-def _itemsize(acc: str) -> int:
-    return 8 if acc == "double" else 4
 
 
 def _gemm_lowered(kind: str, template: str, spec: NodeSpec, g: ConvGeometry,
@@ -103,7 +102,7 @@ def _gemm_lowered(kind: str, template: str, spec: NodeSpec, g: ConvGeometry,
     values = _common(spec, g)
     if values is None:
         return None
-    itemsize = _itemsize(values["acc"])
+    itemsize = ctype_bytes(values["acc"])
     lookup = params_for("gemm", tuning_key(spec), target, itemsize)
     params = gemm_params(target, values["cog"], values["out_size"], values["kdim"], itemsize,
                          lookup.params)
@@ -132,17 +131,17 @@ def build_conv(spec: NodeSpec, target: Target) -> Lowered | None:
     if spec.outputs[0].size == 0:
         return Lowered(())
     if g.cin_per_group == 1:
-        if target.family.name == "cpu":
+        if target.family.register_tiles:
             lowered = _tuned(depthwise_cpu_lowered, "depthwise", spec, g, target)
             if lowered is not None:
                 return lowered
         return _direct_lowered(spec, g)
     x, out = spec.inputs[0], spec.outputs[0]
-    if target.family.name == "cpu" and conv_rows_supported(g) and x.dtype.is_float:
+    if target.family.register_tiles and conv_rows_supported(g) and x.dtype.is_float:
         lowered = _tuned(conv_rows_lowered, "conv_rows", spec, g, target)
         if lowered is not None:
             return lowered
-    if target.family.name == "cpu" and x.dtype.is_float and out.dtype is x.dtype:
+    if target.family.register_tiles and x.dtype.is_float and out.dtype is x.dtype:
         return _cpu_lowered(spec, g, target)
     return _gemm_lowered("conv", "conv.cl.j2", spec, g, target)
 

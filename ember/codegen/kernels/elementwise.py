@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ember.codegen.csrc import broadcast_strides, c_literal, contiguous_strides
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.render import broadcast_strides, c_literal, contiguous_strides, kernel_name, render
+from ember.codegen.render import kernel_name, render
 from ember.ir import OPS, Attrs, DType, TensorType
 from ember.ir.ops.fused import ExprNode, FusedExpr
 
@@ -80,8 +81,6 @@ def _float_fn(expr: str) -> ExprFn:
     return lambda a, at, dt, out: "(" + expr.format(x=a[0], T=compute_type(out)) + ")"
 
 
-def _lit(value: float, dtype: DType) -> str:
-    return c_literal(value, DType.FLOAT32 if dtype is DType.FLOAT16 else dtype)
 
 
 def _cast(a: list[str], attrs: Attrs, dt: list[DType], out: DType) -> str:
@@ -98,10 +97,10 @@ def _cast(a: list[str], attrs: Attrs, dt: list[DType], out: DType) -> str:
 def _clip(a: list[str], attrs: Attrs, dt: list[DType], out: DType) -> str:
     x = a[0]
     if attrs["min"] is not None:
-        lo = _lit(attrs["min"], out)
+        lo = c_literal(attrs["min"], out)
         x = f"({x} < {lo} ? {lo} : {x})"
     if attrs["max"] is not None:
-        hi = _lit(attrs["max"], out)
+        hi = c_literal(attrs["max"], out)
         x = f"({x} > {hi} ? {hi} : {x})"
     return x
 
@@ -131,7 +130,7 @@ def _max_min(greater: bool) -> ExprFn:
 
 def _with_alpha(template: str, *names: str) -> ExprFn:
     def expr(a, attrs, dt, out):
-        values = {name: _lit(attrs[name], out) for name in names}
+        values = {name: c_literal(attrs[name], out) for name in names}
         return "(" + template.format(x=a[0], T=compute_type(out), exp=_fn("exp", out),
                                      **values) + ")"
 
@@ -154,7 +153,7 @@ def _gelu_text(x: str, approximate: str, lit: Callable[[float], str],
 
 
 def _gelu(a, attrs, dt, out):
-    return _gelu_text(a[0], attrs["approximate"], lambda v: _lit(v, out),
+    return _gelu_text(a[0], attrs["approximate"], lambda v: c_literal(v, out),
                       lambda name: _fn(name, out))
 
 
@@ -437,7 +436,7 @@ def render_elementwise(spec: ElementwiseSpec, target: Target) -> Lowered | None:
         )
     width = EW_VECTOR_WIDTH
     vector = None
-    if target.family.name == "cpu" and size >= width and rank >= 1:
+    if target.family.register_tiles and size >= width and rank >= 1:
         loads = _vector_loads(spec, modes, width)
         vbody = vector_dag(spec.nodes, n_in, [t.dtype for t in spec.inputs], width, "u")
         if loads is not None and vbody is not None:

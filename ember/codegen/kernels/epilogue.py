@@ -19,11 +19,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ember.codegen.csrc import broadcast_strides, contiguous_strides
 from ember.codegen.kernels.elementwise import (
     C_EXPRESSIONS, compute_type, expression_supported, load_expr, pointer_type, store_stmt,
     vector_dag, vector_type,
 )
-from ember.codegen.render import broadcast_strides, contiguous_strides
 from ember.ir import DType, TensorType
 from ember.ir.ops.fused import FusedExpr
 

@@ -50,7 +50,8 @@ from typing import Literal
 
 import numpy as np
 
-from ember.codegen.render import broadcast_strides, contiguous_strides, render
+from ember.codegen.csrc import broadcast_strides, contiguous_strides
+from ember.codegen.render import render
 from ember.codegen.params import Checked, ParamKind, cpu_gemm_rules, register_kind
 from ember.ir import DType
 from ember.ir.ops.linalg import ConvGeometry, MatMulDims, matmul_dims

@@ -36,6 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ember.codegen.csrc import ctype_bytes
 from ember.codegen.kernels.elementwise import extensions_for
 from ember.codegen.kernels.epilogue import EpilogueCode
 from ember.codegen.families import Target
@@ -170,12 +171,10 @@ class GemvProblem:
                              f"launch nothing instead")
 
 
-def _itemsize(acc: str) -> int:
-    return 8 if acc in ("double", "long", "ulong") else 4
 
 
 def _values(problem: GemvProblem, params: GemvParams, name: str) -> dict[str, object]:
-    itemsize = _itemsize(problem.acc)
+    itemsize = ctype_bytes(problem.acc)
     params.validate(itemsize)
     panels = -(-problem.n // params.nr)
     decls = problem.params
@@ -227,7 +226,7 @@ def gemv_partial_bytes(problem: GemvProblem, params: GemvParams) -> int:
     if params.ksplit < 2:
         return 0
     cells = problem.batches * params.ksplit * problem.m * problem.n
-    return cells * _itemsize(problem.acc)
+    return cells * ctype_bytes(problem.acc)
 
 
 def gemv_steps(problem: GemvProblem, params: GemvParams, name: str,

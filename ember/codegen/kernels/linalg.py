@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 
+from ember.codegen.csrc import c_literal, index_type
 from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.kernels.matmul import index_type
-from ember.codegen.render import c_literal, kernel_name, render
+from ember.codegen.render import kernel_name, render
 from ember.ir import DType
 
 __all__ = ["build_batchnorm"]
@@ -28,7 +28,7 @@ def build_batchnorm(spec: NodeSpec, target: Target) -> Lowered | None:
     name = kernel_name("batchnorm", spec.inputs, out, spec.attrs.key())
     source = render(
         "batchnorm.cl.j2",
-        name=name, acc=acc, idx=index_type([x]), size=out.size, channels=x.shape[1],
+        name=name, acc=acc, idx=index_type(x.size), size=out.size, channels=x.shape[1],
         inner=math.prod(x.shape[2:]), epsilon=spec.attrs["epsilon"],
         eps=c_literal(spec.attrs["epsilon"], eps_type),
         x_ptr=x.dtype.cl_name, p_ptrs=[p.dtype.cl_name for p in params],

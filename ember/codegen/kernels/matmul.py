@@ -11,9 +11,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from ember.codegen.csrc import broadcast_strides, index_type
 from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr
 from ember.codegen.kernels.epilogue import EpilogueCode, epilogue_code
 from ember.codegen.families import Target
@@ -24,8 +24,8 @@ from ember.codegen.kernels.gemv_cpu import gemv_applies, matmul_gemv
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
 from ember.codegen.params import Checked, ParamKind, gemm_rules, params_for, register_kind, tuning_key
-from ember.codegen.render import broadcast_strides, kernel_name, render
-from ember.ir import DType, TensorType
+from ember.codegen.render import kernel_name, render
+from ember.ir import DType
 from ember.ir.ops.linalg import matmul_dims
 
 __all__ = [
@@ -139,9 +139,6 @@ def gemm_launch(params: GemmParams, m: int, n: int, batches: int
     return global_size, (params.local_n, params.local_m, 1)
 
 
-def index_type(types: Sequence[TensorType]) -> str:
-    """int indices while every tensor has fewer than 2**31 elements, long beyond."""
-    return "int" if all(t.size < 2**31 for t in types) else "long"
 
 
 @kernel_builder("MatMul")
@@ -157,11 +154,11 @@ def build_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
         return Lowered(())
     m, n, k = dims.m, dims.n, dims.k
     acc = compute_type(a.dtype)
-    idx = index_type([*spec.inputs, out])
+    idx = index_type(*(t.size for t in (*spec.inputs, out)))
     epilogue = epilogue_code(spec.attrs["epilogue"], extras, out, a.dtype, idx)
     if epilogue is None:
         return None
-    if target.family.name == "cpu" and a.dtype.is_float and out.dtype is a.dtype:
+    if target.family.register_tiles and a.dtype.is_float and out.dtype is a.dtype:
         return cpu_matmul(spec, epilogue, idx, target)
     itemsize = 8 if acc in ("double", "long", "ulong") else 4
     lookup = params_for("gemm", tuning_key(spec), target, itemsize)

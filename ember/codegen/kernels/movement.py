@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ember.codegen.csrc import broadcast_strides, contiguous_strides, index_type
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.render import broadcast_strides, contiguous_strides, kernel_name, render
+from ember.codegen.render import kernel_name, render
 from ember.ir import DType
 from ember.ir.ops.movement import block_permutation, slice_ranges, transpose_perm
 
@@ -38,9 +39,6 @@ def storage_type(dtype: DType) -> str:
     return _UINT[dtype.itemsize]
 
 
-def index_type(*sizes: int) -> str:
-    """int when every offset fits in 31 bits (faster on GPUs), long otherwise."""
-    return "int" if max(sizes, default=0) < 2**31 else "long"
 
 
 def bits_literal(value: object, dtype: DType) -> str:

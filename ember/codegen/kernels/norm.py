@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import math
 
+from ember.codegen.csrc import broadcast_strides, float_literal, index_type, int_literal
 from ember.codegen.kernels.elementwise import extensions_for
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.render import broadcast_strides, c_literal, kernel_name, render
-from ember.codegen.kernels.rows import (
-    RowParams, accumulator, index_type, lit, loader, row_lowered, row_params_for, storer,
-)
+from ember.codegen.render import kernel_name, render
+from ember.codegen.kernels.rows import RowParams, accumulator, loader, row_lowered, row_params_for, storer
 from ember.codegen.params import Lookup
 from ember.ir import DType
 from ember.ir.ops.nn import layer_norm_rows, lrn_window, softmax_rows
@@ -25,8 +24,6 @@ from ember.ir.ops.nn import layer_norm_rows, lrn_window, softmax_rows
 __all__ = ["build_softmax", "build_norm", "build_lrn", "affine_offset"]
 
 
-def _acc_literal(value: float, acc: str) -> str:
-    return c_literal(value, DType.FLOAT64 if acc == "double" else DType.FLOAT32)
 
 
 def _params(spec: NodeSpec, rows: int, n: int, inner: int, target: Target, acc: str,
@@ -66,7 +63,7 @@ def build_softmax(spec: NodeSpec, target: Target,
         acc=acc,
         load=loader(x.dtype, "x"),
         store=storer(x.dtype, "y"),
-        lit=lit,
+        lit=int_literal,
     )
     kernel = Kernel(name, source, extensions_for([x.dtype]))
     return row_lowered(kernel, rows, params, tuning=lookup)
@@ -131,7 +128,7 @@ def build_norm(spec: NodeSpec, target: Target,
         n=n,
         local=params.local,
         steps=params.steps,
-        eps=_acc_literal(spec.attrs["epsilon"], acc),
+        eps=float_literal(spec.attrs["epsilon"], acc),
         idx=idx,
         ptr=x.dtype.cl_name,
         scale_ptr=scale_t.dtype.cl_name,
@@ -150,7 +147,7 @@ def build_norm(spec: NodeSpec, target: Target,
         store_y=storer(y_t.dtype, "y"),
         store_mean=storer(stash, "mean_out"),
         store_inv=storer(stash, "inv_out"),
-        lit=lit,
+        lit=int_literal,
     )
     kernel = Kernel(name, source, extensions_for([x.dtype, scale_t.dtype, stash]))
     args = tuple((IN, i) for i in range(len(spec.inputs))) + (
@@ -181,12 +178,12 @@ def build_lrn(spec: NodeSpec, target: Target) -> Lowered | None:
         idx=index_type(x.size),
         ptr=x.dtype.cl_name,
         acc=acc,
-        alpha_over_size=_acc_literal(attrs["alpha"] / attrs["size"], acc),
-        beta=_acc_literal(attrs["beta"], acc),
-        bias=_acc_literal(attrs["bias"], acc),
+        alpha_over_size=float_literal(attrs["alpha"] / attrs["size"], acc),
+        beta=float_literal(attrs["beta"], acc),
+        bias=float_literal(attrs["bias"], acc),
         load=loader(x.dtype, "x"),
         store=storer(x.dtype, "y"),
-        lit=lit,
+        lit=int_literal,
     )
     kernel = Kernel(name, source, extensions_for([x.dtype]))
     return Lowered((Launch(kernel, (x.size,), None, ((IN, 0), (OUT, 0))),))

@@ -21,14 +21,13 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ember.codegen.csrc import c_literal, index_type, int_literal
 from ember.codegen.kernels.elementwise import compute_type, extensions_for
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.render import c_literal, kernel_name, render
-from ember.codegen.kernels.rows import (
-    RowParams, accumulator, choose_row_params, index_type, lit, loader, row_lowered, storer,
-)
+from ember.codegen.render import kernel_name, render
+from ember.codegen.kernels.rows import RowParams, accumulator, choose_row_params, loader, row_lowered, storer
 from ember.codegen.params import Checked
 from ember.ir import DType
 from ember.ir.ops.pool import PoolGeometry, pool_geometry
@@ -154,7 +153,7 @@ def build_pool(spec: NodeSpec, target: Target,
         row_major=_spatial_index(coords, g.in_shape, False),
         col_major=_spatial_index(coords, g.in_shape, True),
         outer_index=_spatial_index(coords[:-1], g.in_shape[:-1], False),
-        lit=lit,
+        lit=int_literal,
     )
     if not rows_form:
         name = kernel_name("pool", spec)
@@ -220,7 +219,7 @@ def build_global_pool(spec: NodeSpec, target: Target,
         acc=acc,
         load=loader(x.dtype, "x"),
         store=storer(y.dtype, "y"),
-        lit=lit,
+        lit=int_literal,
     )
     kernel = Kernel(name, source, extensions_for([x.dtype]))
     return row_lowered(kernel, rows, params)

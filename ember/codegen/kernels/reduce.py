@@ -26,11 +26,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ember.codegen.csrc import contiguous_strides, float_literal, index_type
 from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, TMP, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.render import c_literal, contiguous_strides, kernel_name, render
+from ember.codegen.render import kernel_name, render
 from ember.ir import OPS, DType
 from ember.ir.ops.common import normalize_axes
 from ember.ir.ops.reduce import REDUCE_KINDS, ReduceKind
@@ -55,13 +56,8 @@ _INT_LIMITS = {
 
 
 # -- shared helpers (axis_ops.py and topk.py use them too) ----------------------------------
-def index_type(*sizes: int) -> str:
-    """int while every index fits, long beyond 2**31 elements."""
-    return "int" if max(sizes, default=0) < 2**31 else "long"
 
 
-def float_literal(value: float, ctype: str) -> str:
-    return c_literal(value, DType.FLOAT64 if ctype == "double" else DType.FLOAT32)
 
 
 def accumulator_type(dtype: DType, combine: str) -> str:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ember.codegen.csrc import contiguous_strides, index_type
 from ember.codegen.kernels.elementwise import load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
-from ember.codegen.kernels.movement import bits_literal, index_type, storage_type, strided_copy
-from ember.codegen.render import contiguous_strides, kernel_name, render
+from ember.codegen.kernels.movement import bits_literal, storage_type, strided_copy
+from ember.codegen.render import kernel_name, render
 from ember.ir import DType
 from ember.ir.ops.resize import cast_value, resized_axes, tap_count
 

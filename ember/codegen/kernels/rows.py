@@ -21,7 +21,7 @@ from ember.codegen.params import Checked, Lookup, ParamKind, params_for, registe
 from ember.ir import DType
 
 __all__ = [
-    "RowParams", "choose_row_params", "row_params_for", "row_launch", "index_type", "lit",
+    "RowParams", "choose_row_params", "row_params_for", "row_launch",
     "loader", "storer",
     "accumulator", "MAX_LOCAL",
 ]
@@ -104,14 +104,8 @@ def row_launch(rows: int, params: RowParams) -> tuple[tuple[int, ...], tuple[int
     return (rows,), None
 
 
-def index_type(*sizes: int) -> str:
-    """int while every index fits, long beyond 2^31 - 1."""
-    return "int" if max(sizes, default=0) < 2**31 else "long"
 
 
-def lit(value: int) -> str:
-    """An integer literal for a #define (long where int would overflow)."""
-    return f"{value}L" if abs(value) >= 2**31 else str(value)
 
 
 def accumulator(*dtypes: DType) -> str:
