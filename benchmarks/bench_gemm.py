@@ -4,11 +4,11 @@ parameters and, with --tune, at O3 tuned (device time of its steps from OpenCL p
 CLBlast's tuned OpenCL GEMM/GEMV through pyclblast on the same device and queue, when it is
 installed (a benchmark-only dependency: `apt-get install libclblast-dev && pip install
 pyclblast`; the row is left out without it); and the CPU register-tiled GEMM of
-ember/codegen/gemm_cpu.py with B read as it is ("direct"), packed on the host ("packed": a
+ember/codegen/kernels/gemm_cpu.py with B read as it is ("direct"), packed on the host ("packed": a
 constant weight) and packed on the device by a kernel before each product
 ("runtime-packed": a B that is not a constant). Convolutions run as "out^T" (pixels as M,
 the gathered image as A, W as B: direct or packed) and, for 1x1 ones, as the plain product
-Y = W @ X ("pointwise"). One-row products also run the GEMV of ember/codegen/gemv_cpu.py
+Y = W @ X ("pointwise"). One-row products also run the GEMV of ember/codegen/kernels/gemv_cpu.py
 ("gemv_cpu": B packed into panels, or read as stored), its default and, with --sweep, its
 candidates.
 
@@ -43,17 +43,18 @@ if str(ROOT) not in sys.path:
 
 import ember  # noqa: E402
 from ember.codegen.kernels.gemm_cpu import (  # noqa: E402
-    BOperand, CpuGemmParams, conv1x1_problem, conv_problem, cpu_gemm_candidates,
+    BOperand, CpuGemmParams, conv1x1_problem, conv_problem,
     cpu_gemm_launch, is_pointwise,
     cpu_gemm_params, cpu_pack_launch, matmul_problem, pack_b, pack_conv_weight,
     packed_b_shape, render_cpu_gemm, render_cpu_pack,
 )
 from ember.codegen.kernels.gemv_cpu import (  # noqa: E402
-    DEFAULT_GEMV_PARAMS, GemvParams, gemv_candidates, gemv_launch, gemv_partial_bytes,
+    DEFAULT_GEMV_PARAMS, GemvParams, gemv_launch, gemv_partial_bytes,
     gemv_reduce_launch, matmul_gemv_problem, pack_gemv_b, render_gemv, render_gemv_reduce,
 )
-from ember.codegen.types import Kernel
-from ember.codegen.mathlib import program_header
+from ember.codegen.types import Kernel  # noqa: E402
+from ember.codegen.mathlib import program_header  # noqa: E402
+from ember.codegen.params import search_space  # noqa: E402
 from ember.tuning.tuner import TuneBudget  # noqa: E402
 from ember.frontends.builder import GraphBuilder  # noqa: E402
 from ember.ir import DType  # noqa: E402
@@ -354,10 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     for text in args.params:
         mr, vw, nv, ku, group_m = (int(v) for v in text.split(","))
         params_list.append(CpuGemmParams(mr, vw, nv, ku, group_m))
-    if args.sweep:
-        params_list += list(cpu_gemm_candidates())
-    gemv_list = tuple(dict.fromkeys((DEFAULT_GEMV_PARAMS,
-                                     *(gemv_candidates() if args.sweep else ()))))
+    target_of_device = dev.dev.target
+    if args.sweep:  # a spread of each kind's search space on this device
+        params_list += search_space("gemm_cpu", target_of_device).spread(22)
+    gemv_list = tuple(dict.fromkeys((DEFAULT_GEMV_PARAMS, *(
+        search_space("gemv_cpu", target_of_device).spread(15) if args.sweep else ()))))
     wanted = set(args.cases.split(","))
     report: dict[str, object] = {"device": dev.dev.info.traits.name, "cases": []}
     for case in CASES:

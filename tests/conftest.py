@@ -10,7 +10,6 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, settings
 
-import ember
 from tests.harness import real_devices
 
 OCLGRIND_LOG_PREFIX = os.path.join(tempfile.gettempdir(), "ember-oclgrind-")

@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 
 import ember
+from ember.codegen.families import DeviceTraits, Target
+from ember.codegen.params import search_space
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, DType, Value
 
-__all__ = ["real_devices", "TOLERANCE", "assert_close", "run_op", "check_op", "relative_l2", "KernelLauncher"]
+__all__ = ["real_devices", "space_sample", "TOLERANCE", "assert_close", "run_op", "check_op", "relative_l2", "KernelLauncher"]
 
 TOLERANCE: dict[DType, tuple[float, float]] = {
     DType.FLOAT32: (1e-5, 1e-5),
@@ -31,6 +33,23 @@ def real_devices() -> list[ember.DeviceInfo]:
     found = [d for d in ember.devices() if not d.traits.simulator]
     gpus = [d for d in found if d.traits.device_type == "GPU"]
     return gpus + [d for d in found if d.traits.device_type != "GPU"]
+
+
+# The widest CPU a tunable space is drawn for (AVX-512: 16 lanes, 32 registers): its space
+# holds every set that any CPU's register rules admit, so a sample of it is what some
+# machine's tuner may pick. The rules only keep accumulators in registers; every legal set
+# of the kind's own constraints must compute the right result on any device.
+WIDEST_CPU = Target.of(DeviceTraits(
+    "pthread-reference", "GenuineIntel",
+    "OpenCL 3.0 PoCL HSTR: pthread-x86_64-unknown-linux-gnu-skylake-avx512", "3.0",
+    "Portable Computing Language", "CPU", 2, 4096, 1 << 20, frozenset(),
+    preferred_vector_width=16, local_mem_real=False))
+
+
+def space_sample(kind: str, count: int) -> list[Any]:
+    """A deterministic spread of the registered search space of tunable `kind` (every
+    value of every axis in it), for tests that run each candidate of a kind."""
+    return search_space(kind, WIDEST_CPU).spread(count)
 
 
 def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -73,6 +73,22 @@ class SearchSpace:
     def sample(self, count: int, rng: random.Random) -> list[Any]:
         return rng.sample(list(self.legal), min(count, len(self.legal)))
 
+    def spread(self, count: int) -> list[Any]:
+        """`count` legal sets evenly spaced over the space, and one more for each axis value
+        they miss: a deterministic sample that still holds every value of every axis (for
+        tests, and for spaces too large to run whole)."""
+        legal = list(self.legal)
+        if len(legal) <= count:
+            return legal
+        picked = [legal[i * len(legal) // count] for i in range(count)]
+        for name, values in self.axes:
+            for value in values:
+                if not any(getattr(p, name) == value for p in picked):
+                    extra = next((p for p in legal if getattr(p, name) == value), None)
+                    if extra is not None:
+                        picked.append(extra)
+        return picked
+
     def neighbours(self, params: Any) -> list[Any]:
         """Legal sets one step away along one axis (for local refinement)."""
         legal = set(self.legal)

@@ -8,17 +8,31 @@ to worker processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from ember.codegen.params import Lookup
 from ember.ir import Attrs, TensorType
 
-__all__ = ["NodeSpec", "Kernel", "Launch", "Lowered", "IN", "OUT", "TMP"]
+__all__ = ["NodeSpec", "Kernel", "Launch", "Lowered", "ArgKind", "IN", "OUT", "TMP"]
 
-IN, OUT, TMP = "in", "out", "tmp"
+T = TypeVar("T")
+
+
+class ArgKind(str, enum.Enum):
+    """What a kernel argument is bound to: the node's input i, its output j, or scratch
+    buffer k (`Launch.args` pairs a kind with its index)."""
+
+    IN = "in"
+    OUT = "out"
+    TMP = "tmp"
+
+
+IN, OUT, TMP = ArgKind.IN, ArgKind.OUT, ArgKind.TMP
 
 
 @dataclass(frozen=True)
@@ -44,7 +58,13 @@ class Launch:
     kernel: Kernel
     global_size: tuple[int, ...]
     local_size: tuple[int, ...] | None
-    args: tuple[tuple[str, int], ...]  # (IN, i) | (OUT, j) | (TMP, k), in kernel order
+    args: tuple[tuple[ArgKind, int], ...]  # (IN, i) | (OUT, j) | (TMP, k), in kernel order
+
+    def bind(self, inputs: Sequence[T], outputs: Sequence[T], temps: Sequence[T]) -> list[T]:
+        """The kernel's arguments in order, picked from the node's inputs, outputs and
+        scratch buffers (buffers, or their sizes): the one place `args` is read."""
+        pools = {ArgKind.IN: inputs, ArgKind.OUT: outputs, ArgKind.TMP: temps}
+        return [pools[kind][i] for kind, i in self.args]
 
 
 @dataclass(frozen=True)

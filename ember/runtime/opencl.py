@@ -39,7 +39,7 @@ import numpy as np
 from ember.runtime.cache import (
     POCL_PLATFORM, BinaryCache, cache_key, ember_version, pocl_cache_in_use, resolve_cache,
 )
-from ember.codegen.types import IN, OUT, TMP, Kernel
+from ember.codegen.types import Kernel
 from ember.codegen.mathlib import program_header
 from ember.workers import isolated, shared_pool, worker_count
 from ember.errors import CompileError, DeviceError
@@ -162,14 +162,9 @@ def _launches_by_kernel(plan: ExecutionPlan) -> dict[str, set]:
         if step.placement == HOST or step.lowered is None:
             continue
         for launch in step.lowered.launches:
-            sizes = []
-            for kind, i in launch.args:
-                if kind == IN:
-                    sizes.append(plan.slots[step.inputs[i]].type.nbytes)
-                elif kind == OUT:
-                    sizes.append(plan.slots[step.outputs[i]].type.nbytes)
-                else:
-                    sizes.append(step.lowered.temps[i])
+            sizes = launch.bind([plan.slots[s].type.nbytes for s in step.inputs],
+                                [plan.slots[s].type.nbytes for s in step.outputs],
+                                step.lowered.temps)
             found.setdefault(launch.kernel.name, set()).add(
                 (tuple(launch.global_size), launch.local_size and tuple(launch.local_size),
                  tuple(sizes)))
@@ -291,17 +286,8 @@ class OpenCLExecutor:
         bound = []
         for launch in step.lowered.launches:
             kernel = cl.Kernel(self.program, launch.kernel.name)
-            args = []
-            for kind, i in launch.args:
-                if kind == IN:
-                    args.append(self.buffers[step.inputs[i]])
-                elif kind == OUT:
-                    args.append(self.buffers[step.outputs[i]])
-                elif kind == TMP:
-                    args.append(temps[i])
-                else:
-                    raise AssertionError(f"unknown launch argument kind {kind}")
-            kernel.set_args(*args)
+            kernel.set_args(*launch.bind([self.buffers[s] for s in step.inputs],
+                                         [self.buffers[s] for s in step.outputs], temps))
             bound.append(_BoundLaunch(kernel, launch.global_size, launch.local_size))
         return bound
 

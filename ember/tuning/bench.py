@@ -23,7 +23,7 @@ import numpy as np
 
 from ember.codegen.families import Target, TuningTable
 from ember.codegen.mathlib import program_header
-from ember.codegen.types import IN, OUT, TMP, Kernel, Lowered, NodeSpec
+from ember.codegen.types import Kernel, Lowered, NodeSpec
 from ember.ir import OPS, DType
 
 __all__ = ["TOLERANCE", "TuningDevice", "TuneBudget", "Rejected", "Bench", "measure_batch",
@@ -145,8 +145,7 @@ class Bench:
             for launch in lowered.launches:
                 try:
                     kernel = cl.Kernel(program, launch.kernel.name)
-                    kernel.set_args(*[{IN: row_in, OUT: row_out, TMP: temps}[kind][i]
-                                      for kind, i in launch.args])
+                    kernel.set_args(*launch.bind(row_in, row_out, temps))
                 except cl.Error as exc:
                     raise Rejected(f"kernel {launch.kernel.name} not usable: {exc}") from None
                 kernels.append((kernel, launch.global_size, launch.local_size))

@@ -19,7 +19,7 @@ import pytest
 from ember.codegen.families import TuningTable
 from ember.codegen.registry import lower
 from ember.codegen.mathlib import program_header
-from ember.codegen.params import SearchSpace, search_space
+from ember.codegen.params import search_space
 from ember.tuning.tuner import Bench, Rejected, TuneBudget, Tuner
 from ember.ir import DType
 from ember.runtime.device import resolve_target
@@ -48,22 +48,6 @@ def spec_for(kind: str, family: str):
         "depthwise": CONV_CASES["depthwise"],
         "conv_rows": CONV_CASES["conv_rows"],
     }[kind]
-
-
-def spread(space: SearchSpace, count: int) -> list[Any]:
-    """`count` legal sets evenly spaced over the space, and one more for every axis value
-    they miss."""
-    legal = list(space.legal)
-    if len(legal) <= count:
-        return legal
-    picked = [legal[i * len(legal) // count] for i in range(count)]
-    for name, values in space.axes:
-        for value in values:
-            if not any(getattr(p, name) == value for p in picked):
-                extra = next((p for p in legal if getattr(p, name) == value), None)
-                if extra is not None:
-                    picked.append(extra)
-    return picked
 
 
 def measure_loadable(device, spec, kind: str, candidates: list[Any]) -> list[Any]:
@@ -107,7 +91,7 @@ def test_every_candidate_is_memory_safe_and_correct(kind, family):
     spec = spec_for(kind, family)
     space = search_space(kind, device.target)
     assert len(space) > 0, space.rejected
-    picked = spread(space, SPREAD[kind])
+    picked = space.spread(SPREAD[kind])
     for name, values in space.axes:  # every legal value of every axis runs
         legal_values = {getattr(p, name) for p in space.legal}
         assert legal_values <= {getattr(p, name) for p in picked}, name

@@ -28,7 +28,7 @@ from hypothesis import given, strategies as st
 
 from ember.codegen.kernels.conv import _common
 from ember.codegen.kernels.conv_depthwise import (
-    DEFAULT_DEPTHWISE_PARAMS, DepthwiseParams, depthwise_candidates, depthwise_cpu_lowered,
+    DEFAULT_DEPTHWISE_PARAMS, DepthwiseParams, depthwise_cpu_lowered,
     plan_row,
 )
 from ember.codegen.families import Target
@@ -37,7 +37,7 @@ from ember.codegen.registry import KERNEL_BUILDERS, lower
 from ember.ir import OPS, DType, TensorType
 from ember.ir.ops.fused import ExprNode, FusedExpr
 from ember.ir.ops.linalg import ConvGeometry, conv_geometry
-from tests.harness import real_devices, TOLERANCE, KernelLauncher, assert_close, relative_l2
+from tests.harness import TOLERANCE, KernelLauncher, assert_close, real_devices, relative_l2, space_sample
 from tests.strategies import array_for
 
 pytestmark = pytest.mark.opencl
@@ -239,7 +239,7 @@ def test_float64(runner):
                         DType.FLOAT64, True, "clip_add") for s in (1, 2)])
 
 
-@pytest.mark.parametrize("params", depthwise_candidates(), ids=str)
+@pytest.mark.parametrize("params", space_sample("depthwise", 14), ids=str)
 def test_every_candidate(runner, params):
     """A tuner picks among the candidates: none may be wrong (strides 1 and 2, padding on
     both sides, partial chunks, a multiplier, split rows)."""
@@ -279,7 +279,7 @@ def test_declines_what_it_does_not_do():
     assert lowered((1, 4, 9, 9), (4, 1, 3, 3), group=4) is not None
     with pytest.raises(ValueError, match="vw in"):
         DepthwiseParams(vw=3).validate()
-    assert all(not p.violations() for p in depthwise_candidates())
+    assert all(not p.violations() for p in space_sample("depthwise", 14))
 
 
 # -- through a compiled plan -------------------------------------------------------------------

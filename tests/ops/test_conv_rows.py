@@ -26,13 +26,13 @@ from hypothesis import given, strategies as st
 from ember.codegen.kernels.conv import _common, build_conv
 from ember.codegen.kernels.conv_rows import (
     DEFAULT_CONV_ROWS_PARAMS, MEDIUM_CIN, MEDIUM_MIN_WIDTH, SMALL_CIN, ConvRowsParams,
-    conv_rows_candidates, conv_rows_lowered,
+    conv_rows_lowered,
 )
 from ember.codegen.types import NodeSpec
 from ember.ir import OPS, DType, TensorType
 from ember.ir.ops.linalg import ConvGeometry, conv_geometry
 from ember.runtime.device import resolve_target
-from tests.harness import assert_close
+from tests.harness import assert_close, space_sample
 from tests.ops.test_conv_depthwise import EPILOGUES, ConvCase, Runner
 
 pytestmark = pytest.mark.opencl
@@ -137,7 +137,7 @@ def test_float64(runner):
                         DType.FLOAT64, True, "clip_add") for s in (1, 2)])
 
 
-@pytest.mark.parametrize("params", conv_rows_candidates(), ids=str)
+@pytest.mark.parametrize("params", space_sample("conv_rows", 14), ids=str)
 def test_every_candidate(runner, params):
     """A tuner picks among the candidates: none may be wrong (strides 1 and 2, padding on
     both sides, partial chunks, channel counts the block does not divide, split rows)."""
@@ -166,7 +166,7 @@ def test_declines_what_it_does_not_do():
     assert lowered((1, 3, 9, 3), (4, 3, 3, 3)) is not None  # 3 channels, any row
     with pytest.raises(ValueError, match="accumulators"):
         ConvRowsParams(nv=4, ocb=8).validate()
-    assert all(not p.violations() for p in conv_rows_candidates())
+    assert all(not p.violations() for p in space_sample("conv_rows", 14))
 
 
 def test_build_conv_routes_small_cin_convs_on_cpu(opencl_target):

@@ -21,7 +21,7 @@ from hypothesis import given, strategies as st
 
 from ember.codegen.kernels.gemm_cpu import (
     BOperand, CpuGemmParams, DEFAULT_CPU_GEMM_PARAMS, conv1x1_problem, conv_problem,
-    cpu_gemm_candidates, is_pointwise,
+    is_pointwise,
     cpu_gemm_launch, cpu_gemm_params, cpu_pack_launch, matmul_problem, pack_b,
     pack_conv_weight, packed_b_shape, render_cpu_gemm, render_cpu_pack,
 )
@@ -30,7 +30,7 @@ from ember.codegen.render import kernel_name
 from ember.ir import DType
 from ember.ir.attrs import Attrs
 from ember.ir.ops.linalg import conv_geometry, conv_reference, matmul_dims, matmul_reference
-from tests.harness import TOLERANCE, KernelLauncher, assert_close
+from tests.harness import TOLERANCE, KernelLauncher, assert_close, space_sample
 from tests.strategies import array_for, broadcastable_shapes
 
 pytestmark = pytest.mark.opencl
@@ -169,7 +169,7 @@ def test_matmul_empty_sum_is_zero(launcher):
         np.testing.assert_array_equal(job.run(launcher, program), np.zeros((5, 9), np.float32))
 
 
-@pytest.mark.parametrize("params", cpu_gemm_candidates(), ids=str)
+@pytest.mark.parametrize("params", space_sample("gemm_cpu", 22), ids=str)
 def test_every_candidate_on_odd_shapes(launcher, params):
     """A tuner picks among the candidates: none may be wrong. Each B layout on a shape with
     full and partial tiles along M and N, a full and a partial band of tiles (group_m), a
@@ -315,7 +315,7 @@ def test_conv_every_candidate(launcher):
     bias = array_for(7, (10,), DType.FLOAT32)
     attrs = Attrs({"strides": (1, 2), "dilations": (2, 1), "pads": (2, 1, 1, 0), "group": 2})
     expected, magnitude = conv_expected(x, w, bias, attrs)
-    tiles = {(p.mr, p.vw, p.nv): p for p in cpu_gemm_candidates()}  # one per tile shape
+    tiles = {(p.mr, p.vw, p.nv): p for p in space_sample("gemm_cpu", 22)}  # one per tile shape
     jobs = [ConvRun(x, w, bias, attrs, p, packed) for p in tiles.values()
             for packed in (False, True)]
     program = launcher.build([kernel for job in jobs for kernel in job.kernels])
@@ -334,7 +334,7 @@ def test_violations_name_each_broken_rule():
     assert any("64" in r for r in CpuGemmParams(vw=16).violations(itemsize=8))
     with pytest.raises(ValueError, match="vw in"):
         CpuGemmParams(vw=3).validate()
-    assert all(not p.violations() for p in cpu_gemm_candidates())
+    assert all(not p.violations() for p in space_sample("gemm_cpu", 22))
 
 
 def test_fitted_shrinks_tiles_to_the_problem():

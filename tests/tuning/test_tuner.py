@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import ember
-from ember.codegen.kernels.gemm_cpu import CpuGemmParams, cpu_gemm_candidates
-from ember.codegen.kernels.gemv_cpu import GemvParams, gemv_candidates
+from ember.codegen.kernels.gemm_cpu import CpuGemmParams
+from ember.codegen.kernels.gemv_cpu import GemvParams
 from ember.codegen.types import Kernel, Lowered, NodeSpec
 from ember.codegen.registry import lower
 from ember.codegen.kernels.matmul import GemmParams
@@ -26,7 +26,7 @@ from ember.tuning.tuner import TuneBudget, Tuner
 from ember.tuning.db import TuningDB
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, DType, TensorType
-from tests.harness import assert_close
+from tests.harness import assert_close, space_sample
 
 pytestmark = pytest.mark.opencl
 
@@ -62,7 +62,7 @@ def legal_cpu_candidates(device) -> list[CpuGemmParams]:
     """ember's small CPU search space, less what this device's rules reject (so the tuner
     would never try it here)."""
     rules = param_kinds()["gemm_cpu"]
-    return [p for p in cpu_gemm_candidates() if not rules.violations(p, device.target)]
+    return [p for p in space_sample("gemm_cpu", 22) if not rules.violations(p, device.target)]
 
 
 @pytest.mark.parametrize("case", list(CPU_CASES))
@@ -105,7 +105,7 @@ GEMV_CASES = {  # N and K of 1, primes, none a multiple of a panel, an unroll or
 
 def legal_gemv_candidates(device) -> list[GemvParams]:
     rules = param_kinds()["gemv_cpu"]
-    return [p for p in gemv_candidates() if not rules.violations(p, device.target)]
+    return [p for p in space_sample("gemv_cpu", 15) if not rules.violations(p, device.target)]
 
 
 @pytest.mark.parametrize("case", list(GEMV_CASES))

@@ -45,7 +45,7 @@ from ember.ir import DType
 from ember.ir.ops.linalg import ConvGeometry
 
 __all__ = [
-    "DepthwiseParams", "DEFAULT_DEPTHWISE_PARAMS", "depthwise_candidates", "Tap", "Segment",
+    "DepthwiseParams", "DEFAULT_DEPTHWISE_PARAMS", "Tap", "Segment",
     "depthwise_supported", "depthwise_cpu_lowered", "plan_row", "row_blocks", "TapCode",
 ]
 
@@ -92,13 +92,6 @@ DEFAULT_DEPTHWISE_PARAMS = DepthwiseParams(vw=8, nv=4, rows=0, unroll_ky=3)
 _TARGET_ITEMS = 64
 
 
-def depthwise_candidates() -> tuple[DepthwiseParams, ...]:
-    """A small search space for a tuner: every member is legal and tested."""
-    found = [DepthwiseParams(vw, nv, rows) for vw, nv in ((8, 4), (8, 2), (8, 1), (4, 4),
-                                                           (16, 2), (8, 6))
-             for rows in (0, 1)]
-    found += [replace(DEFAULT_DEPTHWISE_PARAMS, unroll_ky=n) for n in (0, 7)]
-    return tuple(p for p in found if not p.violations())
 
 
 @dataclass(frozen=True)

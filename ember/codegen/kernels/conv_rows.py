@@ -34,8 +34,7 @@ from ember.codegen.params import Checked, ParamKind, accumulators_fit, register_
 from ember.ir.ops.linalg import ConvGeometry
 
 __all__ = ["ConvRowsParams", "DEFAULT_CONV_ROWS_PARAMS", "SMALL_CIN", "MEDIUM_CIN",
-           "MEDIUM_MIN_WIDTH", "conv_rows_supported", "conv_rows_lowered",
-           "conv_rows_candidates"]
+           "MEDIUM_MIN_WIDTH", "conv_rows_supported", "conv_rows_lowered"]
 
 # Input channels per group up to which the direct kernel beats the CPU GEMM (packed W),
 # measured on the development machine (2 cores, AVX2, PoCL 3 / LLVM 14): 2-4x on RGB stems
@@ -77,13 +76,6 @@ class ConvRowsParams(Checked):
 DEFAULT_CONV_ROWS_PARAMS = ConvRowsParams(vw=8, nv=2, ocb=4, rows=0)
 
 
-def conv_rows_candidates() -> tuple[ConvRowsParams, ...]:
-    """A small search space for a tuner: every member is legal and tested."""
-    found = [ConvRowsParams(vw, nv, ocb, rows)
-             for vw, nv, ocb in ((8, 2, 4), (8, 4, 2), (8, 1, 8), (8, 3, 4), (4, 4, 4),
-                                 (16, 1, 4), (8, 2, 2))
-             for rows in (0, 1)]
-    return tuple(p for p in found if not p.violations())
 
 
 def conv_rows_supported(g: ConvGeometry) -> bool:

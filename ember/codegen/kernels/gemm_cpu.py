@@ -38,8 +38,9 @@ Interface (how a kernel builder uses it):
   packed kernel runs 2-5x faster than gathered or 4 KiB-strided rows (bench_gemm.py).
 
 `CpuGemmParams` holds the tunables and their constraints; `DEFAULT_CPU_GEMM_PARAMS` was
-measured best on the development machine (PoCL 3 compiling AVX2 code for znver3); `cpu_gemm_candidates` is a
-small search space for a tuner, every member of which the tests run on odd shapes.
+measured best on the development machine (PoCL 3 compiling AVX2 code for znver3); the
+kind's search space (registered at the end of this module) is what the tuner measures, and
+the tests run a spread of it on odd shapes.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from ember.ir.ops.linalg import ConvGeometry, MatMulDims, matmul_dims
 
 __all__ = [
     "CpuGemmParams", "DEFAULT_CPU_GEMM_PARAMS", "GEMV_CPU_GEMM_PARAMS", "cpu_gemm_params",
-    "cpu_gemm_candidates", "BOperand", "ConvGather", "CpuGemm", "render_cpu_gemm",
+    "BOperand", "ConvGather", "CpuGemm", "render_cpu_gemm",
     "cpu_gemm_launch", "render_cpu_pack", "cpu_pack_launch", "pack_b", "packed_b_shape",
     "pack_conv_weight", "matmul_problem", "conv_problem", "PACK_ROWS", "is_pointwise",
     "conv1x1_problem", "store_width", "batch_prologue", "matmul_b_operand", "default_store",
@@ -123,19 +124,6 @@ def cpu_gemm_params(m: int, n: int) -> CpuGemmParams:
     return base.fitted(m, n)
 
 
-def cpu_gemm_candidates() -> tuple[CpuGemmParams, ...]:
-    """A small search space for a tuner (every member is legal): register tiles that fit
-    16 vector registers (AVX2) or 32 (AVX-512) in both plain grid orders, and the unroll
-    factors and band heights on the default tile."""
-    found = [
-        CpuGemmParams(mr, vw, nv, 1, group_m)
-        for mr, vw, nv in ((6, 8, 2), (4, 8, 3), (8, 8, 1), (4, 16, 1), (6, 16, 2), (1, 8, 4),
-                           (3, 4, 2))
-        for group_m in (0, 1)
-    ]
-    found += [replace(DEFAULT_CPU_GEMM_PARAMS, ku=ku, group_m=group_m)
-              for ku in (1, 2, 4) for group_m in (0, 4, 16)]
-    return tuple(dict.fromkeys(p for p in found if not p.violations()))
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from ember.ir import DType
 from ember.ir.ops.linalg import ConvGeometry, matmul_dims
 
 __all__ = [
-    "GemvParams", "DEFAULT_GEMV_PARAMS", "MAX_ROWS", "gemv_candidates", "AOperand",
+    "GemvParams", "DEFAULT_GEMV_PARAMS", "MAX_ROWS", "AOperand",
     "GemvProblem", "render_gemv", "render_gemv_reduce", "gemv_launch", "gemv_reduce_launch",
     "gemv_partial_bytes", "gemv_steps", "pack_gemv_b", "matmul_gemv_problem", "gemv_params",
     "gemv_rows", "gemv_applies", "matmul_gemv", "conv_gemv_ok", "conv_gemv",
@@ -118,17 +118,6 @@ class GemvParams(Checked):
 DEFAULT_GEMV_PARAMS = GemvParams(vw=16, nv=4, ku=2, ppw=1, ksplit=1)
 
 
-def gemv_candidates() -> tuple[GemvParams, ...]:
-    """A small search space for tests and sweeps (every member legal for float32): each
-    value of every axis on the default, and a few panel shapes."""
-    found = [DEFAULT_GEMV_PARAMS]
-    found += [GemvParams(vw, nv) for vw, nv in ((8, 1), (8, 2), (8, 4), (16, 1), (16, 4),
-                                                  (4, 4), (8, 8))]
-    found += [replace(DEFAULT_GEMV_PARAMS, ku=ku) for ku in (2, 4)]
-    found += [replace(DEFAULT_GEMV_PARAMS, ppw=ppw) for ppw in (2, 4, 8)]
-    found += [replace(DEFAULT_GEMV_PARAMS, ksplit=s) for s in (2, 8)]
-    found.append(GemvParams(8, 4, 2, 2, 4))
-    return tuple(dict.fromkeys(p for p in found if not p.violations()))
 
 
 @dataclass(frozen=True)
