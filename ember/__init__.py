@@ -27,7 +27,8 @@ from ember.errors import (
 )
 
 if TYPE_CHECKING:
-    from ember.compiler import CompiledModel, ModelStats, compile
+    from ember.compiler import CompiledModel, compile
+    from ember.summary import ModelStats
     from ember.runtime.device import DeviceInfo, devices
 
 from ember.paths import VERSION as __version__
@@ -39,7 +40,7 @@ __all__ = [
 ]
 
 _LAZY = {"compile": "ember.compiler", "CompiledModel": "ember.compiler",
-         "ModelStats": "ember.compiler", "devices": "ember.runtime.device",
+         "ModelStats": "ember.summary", "devices": "ember.runtime.device",
          "DeviceInfo": "ember.runtime.device"}
 
 

@@ -34,6 +34,7 @@ from ember.runtime.memory import build_memory_plan
 from ember.runtime.numpy import evaluate_graph
 from ember.runtime.opencl import OpenCLExecutor, prebuild
 from ember.runtime.plan import DEVICE, HOST, ExecutionPlan, build_plan, node_spec
+from ember.summary import ModelStats, format_summary, model_stats
 from ember.runtime.resources import (
     check_buffers,
     check_tensors,
@@ -46,24 +47,6 @@ __all__ = ["compile", "CompiledModel", "ModelStats"]
 log = logging.getLogger(__name__)
 
 Dims = tuple[int | str | None, ...]
-
-
-@dataclass(frozen=True)
-class ModelStats:
-    """Numbers about one specialization of a compiled model (benchmarks and tests read them)."""
-
-    steps: int
-    device_steps: int
-    host_steps: int
-    kernel_launches: int  # per inference
-    kernels: int  # distinct kernels in the program
-    # Device buffers (runtime/memory.py): all of them (inputs, constants, activations,
-    # scratch) with the memory plan, and one buffer per tensor (the naive plan). The
-    # activation figures leave the constants (weights) out: planning cannot share those.
-    peak_device_bytes: int
-    naive_device_bytes: int
-    peak_activation_bytes: int
-    naive_activation_bytes: int
 
 
 @dataclass
@@ -332,25 +315,17 @@ class CompiledModel:
 
     @property
     def stats(self) -> ModelStats:
-        plan = self.plan
-        device = self.device is not None
-        memory = plan.memory if plan.memory is not None else build_memory_plan(plan)
-        return ModelStats(
-            steps=len(plan.steps),
-            device_steps=sum(1 for s in plan.steps if s.placement != HOST),
-            host_steps=len(plan.host_steps),
-            kernel_launches=plan.kernel_launches,
-            kernels=len(plan.kernels()),
-            peak_device_bytes=memory.planned_bytes if device else 0,
-            naive_device_bytes=memory.naive_bytes if device else 0,
-            peak_activation_bytes=memory.planned_activation_bytes if device else 0,
-            naive_activation_bytes=memory.naive_activation_bytes if device else 0,
-        )
+        return model_stats(self.plan, on_device=self.device is not None)
 
     def summary(self) -> str:
-        from ember.summary import format_summary
-
-        return format_summary(self)
+        if self.device is not None:
+            t = self.device.info.traits
+            where = f"{self.target} {t.name} (family {self.device.info.family.name})"
+        else:
+            where = "cpu (numpy executor)"
+        return format_summary(self.plan, self.stats, on_device=self.device is not None,
+                              title=f"ember model {self.graph.name!r} on {where}, "
+                                    f"opt_level {self.opt_level}")
 
 
 def _profile_numpy(graph: Graph, feeds: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:

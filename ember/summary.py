@@ -1,15 +1,50 @@
-"""The text of `CompiledModel.summary()`: steps, placement, kernels, memory."""
+"""What a compiled model reports about itself: its numbers (`ModelStats`, for benchmarks
+and tests) and the text of `CompiledModel.summary()` (steps, placement, kernels, memory).
+Both read the ExecutionPlan only."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-from ember.runtime.plan import HOST
+from ember.ir import HOST
+from ember.runtime.memory import build_memory_plan
+from ember.runtime.types import ExecutionPlan
 
-if TYPE_CHECKING:
-    from ember.compiler import CompiledModel
+__all__ = ["ModelStats", "model_stats", "format_summary"]
 
-__all__ = ["format_summary"]
+
+@dataclass(frozen=True)
+class ModelStats:
+    """Numbers about one specialization of a compiled model (benchmarks and tests read them)."""
+
+    steps: int
+    device_steps: int
+    host_steps: int
+    kernel_launches: int  # per inference
+    kernels: int  # distinct kernels in the program
+    # Device buffers (runtime/memory.py): all of them (inputs, constants, activations,
+    # scratch) with the memory plan, and one buffer per tensor (the naive plan). The
+    # activation figures leave the constants (weights) out: planning cannot share those.
+    peak_device_bytes: int
+    naive_device_bytes: int
+    peak_activation_bytes: int
+    naive_activation_bytes: int
+
+
+def model_stats(plan: ExecutionPlan, *, on_device: bool) -> ModelStats:
+    """The numbers of one specialization's plan (device memory is 0 on the numpy target)."""
+    memory = plan.memory if plan.memory is not None else build_memory_plan(plan)
+    return ModelStats(
+        steps=len(plan.steps),
+        device_steps=sum(1 for s in plan.steps if s.placement != HOST),
+        host_steps=len(plan.host_steps),
+        kernel_launches=plan.kernel_launches,
+        kernels=len(plan.kernels()),
+        peak_device_bytes=memory.planned_bytes if on_device else 0,
+        naive_device_bytes=memory.naive_bytes if on_device else 0,
+        peak_activation_bytes=memory.planned_activation_bytes if on_device else 0,
+        naive_activation_bytes=memory.naive_activation_bytes if on_device else 0,
+    )
 
 
 def _mib(nbytes: int) -> str:
@@ -20,22 +55,16 @@ def _percent(part: int, whole: int) -> str:
     return f"{100 * part / whole:.0f}%" if whole else "-"
 
 
-def format_summary(model: CompiledModel, max_rows: int = 400) -> str:
-    plan = model.plan
-    stats = model.stats
-    if model.device is not None:
-        t = model.device.info.traits
-        where = f"{model.target} {t.name} (family {model.device.info.family.name})"
-    else:
-        where = "cpu (numpy executor)"
+def format_summary(plan: ExecutionPlan, stats: ModelStats, *, title: str, on_device: bool,
+                   max_rows: int = 400) -> str:
     lines = [
-        f"ember model {model.graph.name!r} on {where}, opt_level {model.opt_level}",
+        title,
         "inputs:  " + ", ".join(f"{n} {plan.slots[s].type}" for n, s in plan.inputs.items()),
         "outputs: " + ", ".join(f"{n} {plan.slots[s].type}" for n, s in plan.outputs),
         f"steps: {stats.steps} ({stats.device_steps} device, {stats.host_steps} host); "
         f"kernel launches per call: {stats.kernel_launches}; distinct kernels: {stats.kernels}",
     ]
-    if model.device is not None:
+    if on_device:
         lines.append(
             f"device memory: {_mib(stats.peak_device_bytes)} "
             f"(naive plan {_mib(stats.naive_device_bytes)}, "
@@ -53,7 +82,7 @@ def format_summary(model: CompiledModel, max_rows: int = 400) -> str:
     if len(plan.steps) > max_rows:
         lines.append(f"  ... {len(plan.steps) - max_rows} more steps")
     host = [s for s in plan.steps if s.placement == HOST]
-    if host and model.device is not None:
+    if host and on_device:
         ops = sorted({s.op for s in host})
         lines.append(f"host fallback ({len(host)} steps): {', '.join(ops)}")
     return "\n".join(lines)

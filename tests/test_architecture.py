@@ -1,7 +1,7 @@
 """The dependency direction of docs/ARCHITECTURE.md, read from the code's own imports (an
 `ast` walk over ember/, so the check cannot drift from the code): no import circles, and
-no stage importing against the direction. Imports under `if TYPE_CHECKING:` are left out
-(they never run); imports inside functions count."""
+no stage importing against the direction. Imports inside functions and under
+`if TYPE_CHECKING:` count too: a circle of types is still a circle a reader has to hold."""
 
 from __future__ import annotations
 
@@ -34,15 +34,6 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _type_checking_only(tree: ast.Module) -> set[int]:
-    """ids of the import nodes under `if TYPE_CHECKING:`."""
-    skipped = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            skipped.update(id(n) for n in ast.walk(node) if isinstance(n, ast.ImportFrom | ast.Import))
-    return skipped
-
-
 def import_graph() -> nx.DiGraph:
     """module -> the ember modules it imports (a `from pkg import mod` counts as mod)."""
     modules = {module_name(p): p for p in ROOT.rglob("*.py")}
@@ -50,10 +41,7 @@ def import_graph() -> nx.DiGraph:
     for name, path in modules.items():
         graph.add_node(name)
         tree = ast.parse(path.read_text(), str(path))
-        skipped = _type_checking_only(tree)
         for node in ast.walk(tree):
-            if id(node) in skipped:
-                continue
             if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module \
                     and node.module.split(".")[0] == "ember":
                 found = [f"{node.module}.{a.name}" for a in node.names

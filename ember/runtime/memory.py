@@ -44,53 +44,16 @@ results must not change.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from ember.ir import OPS
-
-if TYPE_CHECKING:
-    from ember.runtime.plan import ExecutionPlan, Step
+from ember.runtime.types import CONSTANT, INPUT, SHARED, ExecutionPlan, MemoryPlan, Step
 
 __all__ = [
     "MemoryPlan", "build_memory_plan", "lifetimes", "in_place_candidates",
     "verify_memory_plan", "INPUT", "CONSTANT", "SHARED",
 ]
 
-INPUT, CONSTANT, SHARED = "input", "constant", "shared"  # kinds of device buffer
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    """The device buffers of a plan and which one every slot and scratch buffer uses.
-
-    `buffers[b]` is the size in bytes of buffer b and `kinds[b]` what it holds (INPUT and
-    CONSTANT buffers hold exactly one root; SHARED ones hold intermediates and scratch).
-    `buffer_of[slot]` is the buffer of every slot (a view maps to its root's buffer);
-    `temps[i][k]` the buffer of scratch buffer k of step i. `lifetimes[root]` is the
-    (first, last) step of every intermediate root (last == len(steps) for graph outputs)
-    and `in_place` lists (step, input root, output slot) for outputs written over an input.
-    """
-
-    buffers: tuple[int, ...]
-    kinds: tuple[str, ...]
-    buffer_of: Mapping[int, int]
-    temps: tuple[tuple[int, ...], ...]
-    lifetimes: Mapping[int, tuple[int, int]] = field(repr=False)
-    in_place: tuple[tuple[int, int, int], ...]
-    naive_bytes: int
-    naive_activation_bytes: int
-    shared: bool  # False: one buffer per tensor (plan_memory=False)
-
-    @property
-    def planned_bytes(self) -> int:
-        """Bytes of all device buffers allocated: inputs, constants, shared and scratch."""
-        return sum(self.buffers)
-
-    @property
-    def planned_activation_bytes(self) -> int:
-        """planned_bytes without the constants (weights)."""
-        return sum(n for n, kind in zip(self.buffers, self.kinds) if kind != CONSTANT)
 
 
 # -- liveness ---------------------------------------------------------------------------------

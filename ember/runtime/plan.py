@@ -1,4 +1,5 @@
-"""The ExecutionPlan: the ordered steps of a lowered graph and its tensor table.
+"""Building the ExecutionPlan (its data: runtime/types.py): the ordered steps of a lowered
+graph and its tensor table.
 
 Every tensor gets a slot (its type, and what it is: graph input, constant, intermediate).
 A step runs one node: on the device through the launches codegen gave it, or on the host
@@ -9,77 +10,18 @@ memory plan (runtime/memory.py) says which device buffer every slot and scratch 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ember.codegen.families import Target
-from ember.codegen.types import Kernel, Lowered, NodeSpec
+from ember.codegen.types import Lowered, NodeSpec
 from ember.codegen.registry import lower
-from ember.ir import DEVICE, HOST, Attrs, Graph, TensorType, Value
-from ember.runtime.memory import MemoryPlan, build_memory_plan
+from ember.ir import DEVICE, HOST, Graph, TensorType, Value
+from ember.runtime.memory import build_memory_plan
+from ember.runtime.types import ExecutionPlan, Slot, Step
 
 __all__ = ["Slot", "Step", "ExecutionPlan", "build_plan", "node_spec", "DEVICE", "HOST"]
 
-
-
-@dataclass(frozen=True)
-class Slot:
-    index: int
-    type: TensorType
-    kind: str  # "input" | "constant" | "value"
-    name: str
-    alias_of: int | None = None  # this slot is a view of another slot's buffer
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    op: str
-    attrs: Attrs
-    placement: str  # DEVICE | HOST
-    inputs: tuple[int, ...]
-    outputs: tuple[int, ...]
-    lowered: Lowered | None = None  # the device launches (placement DEVICE)
-
-    @property
-    def launches(self) -> int:
-        return len(self.lowered.launches) if self.lowered is not None else 0
-
-
-@dataclass
-class ExecutionPlan:
-    slots: list[Slot]
-    steps: list[Step]
-    inputs: dict[str, int]  # graph input name -> slot
-    outputs: list[tuple[str, int]]  # graph output name -> slot
-    constants: dict[int, np.ndarray] = field(default_factory=dict)
-    # device buffers per slot (runtime/memory.py), planned for `steps` in this order:
-    # build_memory_plan again after changing the steps
-    memory: MemoryPlan | None = None
-
-    def kernels(self) -> list[Kernel]:
-        """Every distinct kernel of the plan, in first-use order (one program holds them)."""
-        seen: dict[str, Kernel] = {}
-        for step in self.steps:
-            if step.lowered is not None:
-                for kernel in step.lowered.kernels:
-                    seen.setdefault(kernel.name, kernel)
-        return list(seen.values())
-
-    def root(self, slot: int) -> int:
-        """The slot that owns the buffer behind `slot` (following view aliases)."""
-        while self.slots[slot].alias_of is not None:
-            slot = self.slots[slot].alias_of
-        return slot
-
-    @property
-    def kernel_launches(self) -> int:
-        return sum(step.launches for step in self.steps)
-
-    @property
-    def host_steps(self) -> list[Step]:
-        return [s for s in self.steps if s.placement == HOST]
 
 
 def node_spec(graph: Graph, node: int, *, pack_constants: bool = False) -> NodeSpec:
