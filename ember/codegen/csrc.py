@@ -14,7 +14,15 @@ import numpy as np
 from ember.ir import DType
 
 __all__ = ["index_type", "int_literal", "c_literal", "float_literal", "ctype_bytes",
-           "contiguous_strides", "broadcast_strides"]
+           "contiguous_strides", "broadcast_strides", "half_load", "half_store",
+           "HALF_CALL_LANES"]
+
+# Half tensors are stored as half and computed in float (no cl_khr_fp16 needed). A
+# conversion call takes at most 8 lanes: on CPUs PoCL's LLVM 14 aborts the process on
+# 16-lane half conversions ("Do not know how to split this operator's operand"), and a
+# 512-bit vector crossing a builtin call is passed one way by the builtin library (built for
+# the host's AVX-512) and another by kernels compiled for a CPU without it.
+HALF_CALL_LANES = 8
 
 
 def index_type(*sizes: int) -> str:
@@ -78,3 +86,27 @@ def broadcast_strides(in_shape: Sequence[int], out_shape: Sequence[int]) -> tupl
         k = axis - pad
         out.append(0 if k < 0 or in_shape[k] == 1 else own[k])
     return tuple(out)
+
+
+def half_load(lanes: int, pointer: str) -> str:
+    """An expression: `lanes` halves at `pointer`, as float (floatN), in calls of at most
+    HALF_CALL_LANES lanes."""
+    if lanes == 1:
+        return f"vload_half(0, {pointer})"
+    if lanes > HALF_CALL_LANES:
+        part = lanes // 2
+        return (f"(float{lanes})({half_load(part, pointer)}, "
+                f"{half_load(part, f'({pointer}) + {part}')})")
+    return f"vload_half{lanes}(0, {pointer})"
+
+
+def half_store(lanes: int, value: str, pointer: str) -> str:
+    """Statements: the float(N) `value` stored as halves at `pointer`, in calls of at most
+    HALF_CALL_LANES lanes."""
+    if lanes == 1:
+        return f"vstore_half({value}, 0, {pointer});"
+    if lanes > HALF_CALL_LANES:
+        part = lanes // 2
+        return (half_store(part, f"({value}).lo", pointer) + " "
+                + half_store(part, f"({value}).hi", f"({pointer}) + {part}"))
+    return f"vstore_half{lanes}({value}, 0, {pointer});"

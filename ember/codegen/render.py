@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jinja2
 
+from ember.codegen.csrc import half_load, half_store
 from ember.paths import default_cache_dir, write_file_atomic
 
 __all__ = ["TemplateCodeCache", "render", "kernel_name"]
@@ -53,7 +54,7 @@ class TemplateCodeCache(jinja2.BytecodeCache):
 
 @functools.cache
 def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
+    environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
@@ -61,6 +62,9 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
         bytecode_cache=TemplateCodeCache(default_cache_dir() / TEMPLATE_CODE),
     )
+    # the C helpers kernel builders use, callable from templates too
+    environment.globals.update(half_load=half_load, half_store=half_store)
+    return environment
 
 
 def render(template: str, **params) -> str:

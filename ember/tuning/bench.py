@@ -22,9 +22,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from ember.codegen.families import Target, TuningTable
-from ember.codegen.mathlib import program_header
 from ember.codegen.types import Kernel, Lowered, NodeSpec
 from ember.ir import OPS, DType
+from ember.runtime.device import devices, resolve_target
+from ember.runtime.opencl import program_source
 
 __all__ = ["TOLERANCE", "TuningDevice", "TuneBudget", "Rejected", "Bench", "measure_batch",
            "measure_in_worker"]
@@ -184,10 +185,8 @@ def _build(device: TuningDevice, lowereds: Sequence[Lowered]) -> Any:
     for lowered in lowereds:
         for k in lowered.kernels:
             kernels.setdefault(k.name, k)
-    unique = list(kernels.values())
-    source = program_header(unique) + "\n".join(k.source for k in unique)
     try:
-        return cl.Program(device.context, source).build()
+        return cl.Program(device.context, program_source(list(kernels.values()))).build()
     except cl.Error as exc:
         raise Rejected(f"build failed: {str(exc).strip()[:500]}") from None
 
@@ -220,25 +219,23 @@ def measure_batch(device: TuningDevice, bench: Bench, candidates: Sequence[tuple
     return found
 
 
+@dataclass
 class _WorkerDevice:
-    """The tuner's device as a worker opens it: found by fingerprint, own context."""
+    """The tuner's device in a worker: the runtime's own device there, found by its
+    fingerprint, measured with the target of the job at hand."""
 
-    def __init__(self, fingerprint: str, target: Target) -> None:
-        import pyopencl as cl
+    context: Any
+    profiling_queue: Any
+    target: Target
 
-        from ember.runtime.cache import share_pocl_cache
-        from ember.codegen.families import read_traits
 
-        share_pocl_cache()  # the parent's POCL_CACHE_DIR is inherited; this is a no-op then
-        for platform in cl.get_platforms():
-            for device in platform.get_devices():
-                if read_traits(platform, device).fingerprint == fingerprint:
-                    self.context = cl.Context([device])
-                    self.target = target
-                    self.profiling_queue = cl.CommandQueue(
-                        self.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
-                    return
-        raise RuntimeError(f"no OpenCL device with fingerprint {fingerprint!r} in the worker")
+def _open_in_worker(fingerprint: str, target: Target) -> _WorkerDevice:
+    for info in devices():
+        if info.traits.fingerprint == fingerprint:
+            device = resolve_target(info.target)
+            assert device is not None
+            return _WorkerDevice(device.context, device.profiling_queue, target)
+    raise RuntimeError(f"no OpenCL device with fingerprint {fingerprint!r} in the worker")
 
 
 _WORKER_STATE: dict[str, Any] = {}  # a worker's device and its last Bench
@@ -252,7 +249,7 @@ def measure_in_worker(fingerprint: str, spec: NodeSpec, target: Target, budget: 
     as `measure_batch` does; the results in the candidates' order, those measured in time."""
     device = _WORKER_STATE.get("device")
     if device is None or _WORKER_STATE.get("fingerprint") != fingerprint:
-        device = _WorkerDevice(fingerprint, target)
+        device = _open_in_worker(fingerprint, target)
         _WORKER_STATE.update(device=device, fingerprint=fingerprint, bench=None)
     device.target = target
     key = (spec, budget, fingerprint)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ember.codegen.csrc import broadcast_strides, c_literal, contiguous_strides, index_type, int_literal
+from ember.codegen.csrc import broadcast_strides, c_literal, contiguous_strides, half_load, half_store, index_type, int_literal
 from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
@@ -161,10 +161,7 @@ def _loader(dtype: DType, pointer: str, width: int) -> Callable[[str], str]:
             return lambda off: load_expr(dtype, pointer, f"({off})")
         return lambda off: f"({compute_type(dtype)}){load_expr(dtype, pointer, f'({off})')}"
     if dtype is DType.FLOAT16:
-        if width * 4 > CALL_BYTES:  # vload_halfN returns floatN: two calls of half as many
-            half = _loader(dtype, pointer, width // 2)
-            return lambda off: f"(float{width})({half(off)}, {half(f'({off}) + {width // 2}')})"
-        return lambda off: f"vload_half{width}(0, {pointer} + ({off}))"
+        return lambda off: half_load(width, f"{pointer} + ({off})")
     return lambda off: f"(*(const __global ATT_V{width}*)({pointer} + ({off})))"
 
 
@@ -172,11 +169,7 @@ def _storer(dtype: DType, pointer: str, width: int) -> Callable[[str, str], str]
     if width == 1:
         return lambda off, value: store_stmt(dtype, pointer, f"({off})", value)
     if dtype is DType.FLOAT16:
-        if width * 4 > CALL_BYTES:  # vstore_halfN takes a floatN: two calls of half as many
-            half = _storer(dtype, pointer, width // 2)
-            return lambda off, value: (half(off, f"({value}).lo") + " "
-                                       + half(f"({off}) + {width // 2}", f"({value}).hi"))
-        return lambda off, value: f"vstore_half{width}({value}, 0, {pointer} + ({off}));"
+        return lambda off, value: half_store(width, value, f"{pointer} + ({off})")
     return lambda off, value: f"*(__global ATT_V{width}*)({pointer} + ({off})) = {value};"
 
 

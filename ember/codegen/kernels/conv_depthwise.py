@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ember.codegen.csrc import half_load
 from ember.codegen.kernels.elementwise import extensions_for
 from ember.codegen.kernels.epilogue import EpilogueCode
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
@@ -215,11 +216,8 @@ class TapCode:
         half = self.dtype is DType.FLOAT16
         if n == 1:
             return f"vload_half({offset}, xr)" if half else f"xr[{offset}]"
-        if half and n == 16:  # two halves: a float16 return value is not in registers
-            return (f"(float16)(vload_half8(0, xr + ({offset})), "
-                    f"vload_half8(0, xr + ({offset}) + 8))")
         if half:
-            return f"vload_half{n}(0, xr + ({offset}))"
+            return half_load(n, f"xr + ({offset})")
         return f"*(const __global {self.utype(n)}*)(xr + ({offset}))"
 
     def _vector(self, parts: list[str]) -> str:

@@ -26,7 +26,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ember.codegen.csrc import contiguous_strides, float_literal, index_type
+from ember.codegen.csrc import contiguous_strides, float_literal, half_load, index_type
 from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, TMP, Kernel, Launch, Lowered, NodeSpec
@@ -244,7 +244,7 @@ def _vcombine_expr(combine: str) -> str:
 
 def _vload(dtype: DType, vec: int, offset: str) -> str:
     if dtype is DType.FLOAT16:
-        return f"vload_half{vec}(0, in + ({offset}))"
+        return half_load(vec, f"in + ({offset})")
     return f"vload{vec}(0, in + ({offset}))"
 
 
