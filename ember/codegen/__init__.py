@@ -5,6 +5,7 @@
     params.py     tunable kinds: ParamKind, rules, defaults per level, search spaces, keys
     families.py   device -> Family and traits; Target
     render.py     the Jinja environment and its compiled-template cache
+    csrc.py       index types, literals, strides, half loads and stores
     mathlib.py    C helpers (erf, tanh, exp) and the program header
     kernels/      one module per kernel family (its docstring maps ops to modules)
     templates/    the *.cl.j2 kernels
