@@ -30,18 +30,21 @@ if TYPE_CHECKING:
     from ember.compiler import CompiledModel, compile
     from ember.summary import ModelStats
     from ember.runtime.device import DeviceInfo, devices
+    from ember.quantization.api import QuantizedModel, quantize
 
 from ember.paths import VERSION as __version__
 
 __all__ = [
-    "compile", "CompiledModel", "ModelStats", "devices", "DeviceInfo", "EmberError",
+    "compile", "CompiledModel", "ModelStats", "devices", "DeviceInfo", "quantize",
+    "QuantizedModel", "EmberError",
     "UnsupportedOpError", "ShapeError", "DTypeError", "InputError", "ModelLoadError",
     "CompileError", "DeviceError", "ResourceError", "__version__",
 ]
 
 _LAZY = {"compile": "ember.compiler", "CompiledModel": "ember.compiler",
          "ModelStats": "ember.summary", "devices": "ember.runtime.device",
-         "DeviceInfo": "ember.runtime.device"}
+         "DeviceInfo": "ember.runtime.device", "quantize": "ember.quantization.api",
+         "QuantizedModel": "ember.quantization.api"}
 
 
 def __getattr__(name: str) -> Any:

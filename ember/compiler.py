@@ -362,7 +362,8 @@ def compile(  # noqa: A001 - the public name of the API
     plan_memory: bool | None = None,
     cache: bool | str | os.PathLike | BinaryCache | None = True,
 ) -> CompiledModel:
-    """Compile an ONNX model (path, bytes or ModelProto) or an ember Graph for a target.
+    """Compile an ONNX model (path, bytes or ModelProto), an ember Graph, or the result of
+    ember.quantize (its QDQ `.model`) for a target.
 
     target: None (first OpenCL GPU, else first OpenCL device, else numpy), "cpu" (numpy),
     "opencl" or "opencl:P:D". input_shapes gives inputs' shapes: a named dim shared between
@@ -384,6 +385,8 @@ def compile(  # noqa: A001 - the public name of the API
     """
     with driver_failures(f"opening the target {target or 'default'!s}"):
         device = resolve_target(target)
+    if isinstance(getattr(model, "model", None), onnx.ModelProto):
+        model = model.model  # a QuantizedModel; read by attribute, quantization sits above
     source = model if isinstance(model, Graph) else load_model(model)
     compiled = CompiledModel(source, device, opt_level, strict, tune, verify_passes, record_ir,
                              plan_memory, cache=cache)

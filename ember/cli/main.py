@@ -28,6 +28,9 @@ from ember.cli.args import (
 )
 from ember.cli.cache import add_cache_commands
 from ember.cli.tune import add_tune_command, print_tuning
+from ember.cli.demo_quant import MODEL as QUANT_MODEL
+from ember.cli.demo_quant import print_quantized, quantized_demo
+from ember.cli.quantize import add_quantize_command
 from ember.errors import EmberError
 from ember.frontends.onnx import input_signature, load_model
 from ember.ir import to_dot, to_text
@@ -204,7 +207,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     results = [_demo_model(name, images, labels, trained[name], args.target, args.repeat)
                for name in ("mlp", "cnn")]
     print_demo(results, len(labels), args.repeat)
+    quantized = quantized_demo(images, labels, args.target, args.repeat)
+    print_quantized(quantized, args.repeat)
     failed = [r.name for r in results if not r.ok]
+    failed += [f"{QUANT_MODEL} {r.scheme}" for r in quantized
+               if r.accuracy < DEMO_MIN_ACCURACY]
     if failed:
         print(f"ember demo: FAILED for {', '.join(failed)}", file=sys.stderr)
         return EXIT_CHECK_FAILED
@@ -272,12 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--dot", metavar="OUT.dot", help="write the final graph for Graphviz")
 
     demo = add("demo", _cmd_demo, "run the shipped digits models on the default device and "
-               "check them against the held-out labels and the numpy reference")
+               "check them against the held-out labels and the numpy reference; then the "
+               "MLP quantized in each scheme: accuracy, weight size and latency")
     demo.add_argument("--target", default=None, help="as for run (default: the default device)")
     demo.add_argument("--repeat", type=int, default=20, help="timed runs for the latency")
 
     add_cache_commands(add)
     add_tune_command(add)
+    add_quantize_command(add)
     return parser
 
 

@@ -1,11 +1,12 @@
-"""The C helper functions kernels may call (erf, tanh, exp in widths 1-8), and the header
-a program holding some kernels needs (extension pragmas, the helpers they call)."""
+"""The C helper functions kernels may call (erf, tanh, exp, a correctly rounded quotient; in
+widths 1-8), and the header a program holding some kernels needs (extension pragmas, the
+helpers they call)."""
 
 from __future__ import annotations
 
 from ember.codegen.types import Kernel
 
-__all__ = ["HELPERS", "HELPER_WIDTHS", "program_header"]
+__all__ = ["HELPERS", "HELPER_WIDTHS", "QUOTIENT_CORRECTION", "program_header"]
 
 # Functions kernels may call, defined once per program that uses them (by name). Each comes
 # in float, float2, float4 and float8 forms named with the width (ember_erf, ..., ember_erf8;
@@ -70,6 +71,48 @@ inline {T} ember_exp{S}({T} x) {
     return p * as_{T}(as_{U}(h + 127) << 23) * as_{T}(as_{U}(k - h + 127) << 23);
 }
 """
+# ember_quotient: x / s in float, correctly rounded on any device (QuantizeLinear divides, and
+#   OpenCL lets float `/` be off by 2.5 ulp). Where the device has doubles (the OpenCL C
+#   compiler then defines the macro cl_khr_fp64), float(double(x) / double(s)): OpenCL
+#   requires double division and double -> float conversion to be correctly rounded, and
+#   rounding twice is innocuous for a quotient when the wide format has >= 2p + 2 bits
+#   (53 >= 2 * 24 + 2; Figueroa, "When is double rounding innocuous?", 1995). float8 converts
+#   in two halves: LLVM 14's x86 backend cannot select an 8-lane double -> float conversion
+#   (the build aborts). Without doubles: the first quotient corrected by its exact fma
+#   residual (QUOTIENT_CORRECTION). Measured in a kernel (float8, PoCL on znver3): the double
+#   form 2x faster than the correction; scalar, 6x (PoCL calls scalar fma out of line).
+QUOTIENT_CORRECTION = """
+inline {T} ember_quotient{S}({T} x, {T} s) {
+    const {T} q0 = x / s;
+    const {T} q1 = q0 + fma(-q0, s, x) / s;
+    const {T} r1 = fma(-q1, s, x);
+    const {I} up = (r1 > 0.0f) == (s > 0.0f);
+    const {T} q2 = as_{T}(as_{I}(q1) + ((q1 >= 0.0f) == up ? ({I})1 : ({I})-1));
+    const {T} r2 = fma(-q2, s, x);
+    const {T} best = as_{T}(as_{U}(r2) & 0x7fffffffu) < as_{T}(as_{U}(r1) & 0x7fffffffu)
+        ? q2 : q1;
+    return q1 == q1 ? best : q0;
+}
+"""
+_QUOTIENT_DOUBLE = {
+    1: "return (float)((double)x / (double)s);",
+    2: "return convert_float2(convert_double2(x) / convert_double2(s));",
+    4: "return convert_float4(convert_double4(x) / convert_double4(s));",
+    8: ("return (float8)(convert_float4(convert_double4(x.lo) / convert_double4(s.lo)),\n"
+        "                    convert_float4(convert_double4(x.hi) / convert_double4(s.hi)));"),
+}
+# ember_quantize: QuantizeLinear's saturate(rint(x / s) + z) in float (NaN -> z, +-inf
+#   saturate), for a type of range [lo, hi]: the correctly rounded quotient, rint as
+#   (q + 1.5 * 2^23) - 1.5 * 2^23 (round half to even for |q| < 2^22; a larger |q| stays
+#   large and saturates, inf stays inf), clamps as ternaries (PoCL calls rint, fmin and fmax
+#   out of line). The result is a whole number in [lo, hi]: converting it is exact.
+_QUANTIZE = """
+inline {T} ember_quantize{S}({T} x, {T} s, {T} z, float lo, float hi) {
+    const {T} q = ember_quotient{S}(x, s);
+    const {T} v = (q == q ? (q + 12582912.0f) - 12582912.0f : ({T})0.0f) + z;
+    return v < lo ? ({T})lo : (v > hi ? ({T})hi : v);
+}
+"""
 HELPER_WIDTHS = (1, 2, 4, 8)
 
 
@@ -84,10 +127,25 @@ def _widths(name: str, body: str) -> dict[str, str]:
     return out
 
 
+def _quotient_helpers() -> dict[str, str]:
+    """ember_quotient at every width: the double form under #ifdef cl_khr_fp64, else the
+    fma correction."""
+    out = {}
+    for name, correction in _widths("ember_quotient", QUOTIENT_CORRECTION).items():
+        width = int(name[len("ember_quotient"):] or 1)
+        t = "float" if width == 1 else f"float{width}"
+        out[name] = ("\n#ifdef cl_khr_fp64\n#pragma OPENCL EXTENSION cl_khr_fp64 : enable\n"
+                     f"inline {t} {name}({t} x, {t} s) {{\n    {_QUOTIENT_DOUBLE[width]}\n}}\n"
+                     f"#else{correction}#endif\n")
+    return out
+
+
 HELPERS: dict[str, str] = {
     **_widths("ember_erf", _ERF),
     **_widths("ember_tanh", _TANH),
     **_widths("ember_exp", _EXP),
+    **_quotient_helpers(),
+    **_widths("ember_quantize", _QUANTIZE),  # after ember_quotient, which it calls
 }
 
 
@@ -96,7 +154,14 @@ def program_header(kernels: tuple[Kernel, ...] | list[Kernel]) -> str:
     kernels."""
     extensions = sorted(set().union(*(k.extensions for k in kernels))) if kernels else []
     header = "".join(f"#pragma OPENCL EXTENSION {ext} : enable\n" for ext in extensions)
-    for name, source in HELPERS.items():
-        if any(name + "(" in k.source for k in kernels):
+    used = {name for name in HELPERS if any(name + "(" in k.source for k in kernels)}
+    while True:  # and the helpers those call
+        more = {name for name in HELPERS
+                if any(name + "(" in HELPERS[user] for user in used)} - used
+        if not more:
+            break
+        used |= more
+    for name, source in HELPERS.items():  # in HELPERS' order: a callee before its callers
+        if name in used:
             header += source
     return header

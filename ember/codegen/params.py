@@ -258,7 +258,8 @@ def search_space(kind: str, target: Target, itemsize: int = 4) -> SearchSpace:
 # -- tuning keys ------------------------------------------------------------------------------
 ROW_OPS = ("Softmax", "LogSoftmax", "LayerNormalization", "InstanceNormalization",
            "RMSNormalization")
-TUNABLE_OPS = ("MatMul", "Conv", "ConvTranspose", "Attention", *ROW_OPS)
+TUNABLE_OPS = ("MatMul", "Conv", "ConvTranspose", "Attention", *ROW_OPS, "MatMulInteger",
+               "ConvInteger", "BlockQuantMatMul")
 
 
 def tunable_spec(spec: Any) -> Any | None:

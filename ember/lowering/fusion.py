@@ -36,7 +36,10 @@ from ember.lowering.passes import PassContext, PassResult
 
 __all__ = ["FuseElementwise", "FuseEpilogues", "FoldTransposeIntoMatMul", "EPILOGUE_OPS"]
 
-EPILOGUE_OPS = frozenset({"MatMul", "Conv"})
+EPILOGUE_OPS = frozenset({"MatMul", "Conv", "MatMulInteger", "ConvInteger", "BlockQuantMatMul"})
+# Integer products: their kernels store whatever dtype the epilogue ends in (an int32 sum
+# becomes float, then int8 again through QuantizeLinear), so the epilogue may change it.
+RETYPING_EPILOGUE_OPS = frozenset({"MatMulInteger", "ConvInteger"})
 
 
 def _is_elementwise(graph: Graph, node: int) -> bool:
@@ -190,8 +193,10 @@ class FuseEpilogues:
             return None
         seen = Value(views[-1], 0) if views else result  # what the user reads
         out = graph.output_types(user)[0]
-        if out.shape != graph.type_of(seen).shape or out.dtype != graph.dtype_of(result):
-            return None  # the kernel stores the product's shape and dtype
+        if out.shape != graph.type_of(seen).shape:
+            return None  # the kernel stores the product's shape
+        if out.dtype != graph.dtype_of(result) and graph.op(node) not in RETYPING_EPILOGUE_OPS:
+            return None  # and, but for integer products, its dtype
         attrs = graph.attrs(node)
         current: FusedExpr | None = attrs["epilogue"]
         inputs = graph.inputs_of(node)

@@ -9,6 +9,7 @@ from ember.lowering.fusion import FoldTransposeIntoMatMul, FuseElementwise, Fuse
 from ember.lowering.passes import FixedPoint, Pass
 from ember.lowering.patterns import PATTERN_PASSES
 from ember.lowering.placement import Place
+from ember.lowering.quant import FuseQuantizedProducts
 from ember.lowering.rules import ApplyRules
 from ember.lowering.simplify import (
     EliminateCommonSubexpressions,
@@ -40,7 +41,9 @@ def _fuse() -> list[Pass | FixedPoint]:
     # epilogues would swallow); then transposes, so that a folded Transpose is not a region
     # input; then regions, so that a whole region (bias + activation + residual) becomes one
     # epilogue.
-    return [*PATTERN_PASSES, FuseAttention(), FoldTransposeIntoMatMul(), FuseElementwise(), FuseEpilogues(),
+    # Quantized products first: their DequantizeLinear inputs would otherwise be fused into
+    # elementwise regions in front of a float product.
+    return [FuseQuantizedProducts(), *PATTERN_PASSES, FuseAttention(), FoldTransposeIntoMatMul(), FuseElementwise(), FuseEpilogues(),
             EliminateDeadCode()]
 
 

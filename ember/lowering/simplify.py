@@ -28,6 +28,8 @@ class FoldConstants:
         for node in graph.topological_order():
             if graph.op(node) in ("Input", "Constant"):
                 continue
+            if not OPS[graph.op(node)].folds(graph.input_types(node), graph.output_types(node)):
+                continue  # e.g. DequantizeLinear: its integer weights are the smaller form
             inputs = graph.inputs_of(node)
             arrays = [graph.constant_value(v) for v in inputs]
             if any(a is None for a in arrays):

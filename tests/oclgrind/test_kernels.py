@@ -26,6 +26,7 @@ from tests.strategies import array_for
 pytestmark = pytest.mark.oclgrind
 
 F32, I32, I64, BOOL = DType.FLOAT32, DType.INT32, DType.INT64, DType.BOOL
+I8, U8 = DType.INT8, DType.UINT8
 CPU_AND_GPU = ("gpu", "cpu")
 
 
@@ -120,6 +121,22 @@ CASES = [
     Case("Resize", lambda: [f32(81, 1, 1, 5, 6)],
          {"sizes": (1, 1, 7, 9), "scales": (1.0, 1.0, 1.4, 1.5), "mode": "linear"}),
     Case("Identity", lambda: [f32(82, 3, 5)]),
+    # quantized (the kernels and their epilogues: tests/oclgrind/test_quant_kernels.py)
+    Case("MatMulInteger", lambda: [array_for(83, (5, 13), I8), array_for(84, (13, 11), U8),
+                                   array_for(85, (), I8), array_for(86, (11,), U8)],
+         families=FAMILY_NAMES),
+    Case("ConvInteger", lambda: [array_for(87, (1, 6, 11, 13), U8),
+                                 array_for(88, (5, 6, 3, 3), I8), array_for(89, (), U8),
+                                 array_for(90, (5,), I8)],
+         {"strides": (2, 2), "pads": (1, 1, 1, 1)}, FAMILY_NAMES),
+    Case("BlockQuantMatMul", lambda: [f32(91, 2, 37), array_for(92, (13, 3, 8), U8, high=10),
+                                      f32(93, 13, 3, low=0.01, high=0.1),
+                                      array_for(94, (13, 3), U8, low=0, high=0.6)],
+         {"bits": 4, "block_size": 16, "k": 37, "n": 13}),
+    Case("QuantizeLinear", lambda: [f32(95, 3, 37, low=-50, high=50), f32(96, 37, low=0.1),
+                                    array_for(97, (37,), U8)]),
+    Case("DequantizeLinear", lambda: [array_for(98, (3, 37), I8), f32(99, 37, low=0.1),
+                                      array_for(100, (), I8)]),
 ]
 
 PARAMS = [pytest.param(case, family, id=f"{case.op}{'-' + case.name if case.name else ''}-{family}")

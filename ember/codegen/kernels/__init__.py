@@ -25,6 +25,10 @@ Where the kernel of an op is (module -> ops; its template in codegen/templates/)
                     RMSNormalization, LRN                         softmax / norm / lrn
     pool            MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool  pool / global_pool
     attention       Attention (fused), kind "attention"           attention.cl.j2
+    igemm_cpu       the CPU integer GEMM (pairs of int16), kind "igemm_cpu"  igemm_cpu.cl.j2
+    igemm           MatMulInteger, ConvInteger (strategy choice; GPU: the tiled GEMM)
+    qgemv_cpu       BlockQuantMatMul (4/8-bit weights in blocks), kinds "qgemv" and
+                    "qgemm"                                       qgemv_cpu.cl.j2
 """
 
 from ember.codegen.kernels import (  # noqa: F401  (registration happens on import)
@@ -48,4 +52,7 @@ from ember.codegen.kernels import (  # noqa: F401  (registration happens on impo
     norm,
     pool,
     attention,
+    igemm_cpu,
+    igemm,
+    qgemv_cpu,
 )

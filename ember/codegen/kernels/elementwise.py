@@ -20,7 +20,8 @@ from ember.ir.ops.fused import ExprNode, FusedExpr
 
 __all__ = [
     "ExprNode", "ElementwiseSpec", "C_EXPRESSIONS", "compute_type", "load_expr", "store_stmt",
-    "render_elementwise", "pointer_type", "VECTOR_EXPRESSIONS", "vector_dag", "vector_type",
+    "render_elementwise", "pointer_type", "VECTOR_EXPRESSIONS", "VECTOR_INTEGER_EXPRESSIONS",
+    "VECTOR_INTEGERS", "vector_dag", "vector_type", "float_vector", "stored_vector",
     "EW_VECTOR_WIDTH",
 ]
 
@@ -175,6 +176,26 @@ def _isinf(a, attrs, dt, out):
     return "(uchar)0"
 
 
+# -- quantization ------------------------------------------------------------------------------
+# Saturation bounds of the integer types QuantizeLinear writes.
+_QUANT_RANGES = {DType.INT8: (-128, 127), DType.UINT8: (0, 255), DType.INT16: (-32768, 32767),
+                 DType.UINT16: (0, 65535)}
+
+
+def _quantize(a: list[str], attrs: Attrs, dt: list[DType], out: DType) -> str:
+    """saturate(rint(x / scale) + zero), NaN -> zero: mathlib's ember_quantize (the
+    correctly rounded quotient, rint by the 1.5 * 2^23 trick, clamps as ternaries), whose
+    result is a whole number in the type's range, so the conversion is exact."""
+    low, high = _QUANT_RANGES[out]
+    return (f"(({compute_type(out)})ember_quantize({a[0]}, (float){a[1]}, (float){a[2]}, "
+            f"{low}.0f, {high}.0f))")
+
+
+def _dequantize(a: list[str], attrs: Attrs, dt: list[DType], out: DType) -> str:
+    """((float)x - (float)zero) * scale, in float (half scales are computed in float)."""
+    return f"(((float){a[0]} - (float){a[2]}) * (float){a[1]})"
+
+
 C_EXPRESSIONS: dict[str, ExprFn] = {
     "Add": _binary("+"),
     "Sub": _binary("-"),
@@ -228,6 +249,8 @@ C_EXPRESSIONS: dict[str, ExprFn] = {
     "IsInf": _isinf,
     "Where": lambda a, at, dt, out: f"({a[0]} ? {a[1]} : {a[2]})",
     "Cast": _cast,
+    "QuantizeLinear": _quantize,
+    "DequantizeLinear": _dequantize,
 }
 
 # -- vector forms -----------------------------------------------------------------------------
@@ -329,6 +352,22 @@ VECTOR_EXPRESSIONS: dict[str, VectorFn] = {
                                 f"(-({_v(at['alpha'])} * {a[0]}))))"),
     "Gelu": lambda a, at, vt: _gelu_text(a[0], at["approximate"], _v,
                                          lambda f: _helper(f, vt)),
+    # integer values are held as floats of their values (vector_dag): a Cast to float32 is
+    # the value itself, DequantizeLinear the scalar form's float arithmetic
+    "Cast": lambda a, at, vt: a[0],
+    "DequantizeLinear": lambda a, at, vt: f"(({a[0]} - {a[2]}) * {a[1]})",
+}
+
+
+def _vec_quantize(a: list[str], attrs: Attrs, vt: str, out: DType) -> str:
+    low, high = _QUANT_RANGES[out]
+    return f"{_helper('quantize', vt)}({a[0]}, {a[1]}, {a[2]}, {low}.0f, {high}.0f)"
+
+
+# Vector forms of ops with an integer result (held as floats of whole numbers in the type's
+# range): the same arguments, and the result dtype.
+VECTOR_INTEGER_EXPRESSIONS: dict[str, Callable[[list[str], Attrs, str, DType], str]] = {
+    "QuantizeLinear": _vec_quantize,
 }
 
 
@@ -337,22 +376,53 @@ def vector_type(width: int) -> str:
     return "float" if width == 1 else f"float{width}"
 
 
+# Integer dtypes a vector DAG holds as floats: every value of the 8- and 16-bit types is exact
+# in float; int32 values are rounded as the scalar (float) conversion rounds them, so they may
+# only flow into ops whose scalar form converts them to float first (_FLOAT_USES).
+VECTOR_INTEGERS = frozenset({DType.INT8, DType.UINT8, DType.INT16, DType.UINT16, DType.INT32})
+# (op, argument) pairs whose scalar form reads an integer argument as (float)arg.
+_FLOAT_USES = frozenset({("Cast", 0), ("DequantizeLinear", 0), ("DequantizeLinear", 2),
+                         ("QuantizeLinear", 2)})
+
+
 def vector_dag(nodes: Sequence[ExprNode], n_inputs: int, input_dtypes: Sequence[DType],
                width: int, prefix: str) -> list[str] | None:
     """Statements `const floatW <prefix><n_inputs + k> = ...;` computing the DAG on vectors
-    of `width` lanes from `<prefix>0..` (the inputs, already vectors), or None when a value
-    is not float32 or an op has no vector form (the caller keeps its scalar path)."""
-    if any(d is not DType.FLOAT32 for d in input_dtypes):
+    of `width` lanes from `<prefix>0..` (the inputs, already float vectors), or None when an
+    op has no vector form (the caller keeps its scalar path). Integer values (inputs of
+    VECTOR_INTEGERS, QuantizeLinear results) are held as float vectors of their values: the
+    caller converts integer inputs at the load (vector_convert) and integer outputs at the
+    store; they may only be used where the scalar form converts them to float too."""
+    dtypes = list(input_dtypes)
+    if any(d is not DType.FLOAT32 and d not in VECTOR_INTEGERS for d in dtypes):
         return None
     vt = vector_type(width)
     lines = []
     for k, node in enumerate(nodes):
-        form = VECTOR_EXPRESSIONS.get(node.op)
-        if form is None or node.dtype is not DType.FLOAT32:
+        if any(dtypes[i] is not DType.FLOAT32 and (node.op, position) not in _FLOAT_USES
+               for position, i in enumerate(node.args)):
             return None
-        text = form([f"{prefix}{i}" for i in node.args], node.attrs, vt)
+        args = [f"{prefix}{i}" for i in node.args]
+        if node.dtype is DType.FLOAT32 and node.op in VECTOR_EXPRESSIONS:
+            text = VECTOR_EXPRESSIONS[node.op](args, node.attrs, vt)
+        elif node.op in VECTOR_INTEGER_EXPRESSIONS and node.dtype in _QUANT_RANGES:
+            text = VECTOR_INTEGER_EXPRESSIONS[node.op](args, node.attrs, vt, node.dtype)
+        else:
+            return None
+        dtypes.append(node.dtype)
         lines.append(f"const {vt} {prefix}{n_inputs + k} = {text};")
     return lines
+
+
+def float_vector(value: str, dtype: DType, width: int) -> str:
+    """`value`, a vector of `width` lanes of `dtype`, as the float vector vector_dag holds."""
+    return value if dtype is DType.FLOAT32 else f"convert_float{width}({value})"
+
+
+def stored_vector(value: str, dtype: DType, width: int) -> str:
+    """A float vector of vector_dag as the `dtype` vector to store (integer values are whole
+    numbers in the type's range: the conversion is exact)."""
+    return value if dtype is DType.FLOAT32 else f"convert_{dtype.cl_name}{width}({value})"
 
 
 # Ops whose C form is only right for float operands.
@@ -366,7 +436,7 @@ def expression_supported(node: ExprNode, arg_dtypes: Sequence[DType]) -> bool:
         return False
     if node.op == "Pow" and not arg_dtypes[1].is_float and not arg_dtypes[1].is_integer:
         return False
-    return True
+    return node.op != "QuantizeLinear" or node.dtype in _QUANT_RANGES
 
 
 # -- rendering ------------------------------------------------------------------------------
@@ -441,7 +511,12 @@ def render_elementwise(spec: ElementwiseSpec, target: Target) -> Lowered | None:
         vbody = vector_dag(spec.nodes, n_in, [t.dtype for t in spec.inputs], width, "u")
         if loads is not None and vbody is not None:
             vector = {"loads": loads, "body": vbody, "width": width,
-                      "outputs": [f"u{index}" for index in spec.outputs]}
+                      "outputs": [stored_vector(f"u{index}", spec.value_dtype(index), width)
+                                  for index in spec.outputs],
+                      "in_types": [f"{t.dtype.cl_name}{width}" for t in spec.inputs],
+                      "in_floats": [float_vector("{}", t.dtype, width) for t in spec.inputs],
+                      "out_types": [f"{spec.value_dtype(i).cl_name}{width}"
+                                    for i in spec.outputs]}
     index_type = "int" if size < 2**31 else "long"
     dtypes = [t.dtype for t in spec.inputs] + [n.dtype for n in spec.nodes]
     name = kernel_name("ew", spec, vector is not None)

@@ -9,9 +9,12 @@ output element through broadcast strides decomposed from the output's flat offse
 vector direction (the CPU GEMM's full tiles): one coordinate decomposition per vector, each
 extra input read as one element for every lane, as contiguous lanes, or lane by lane, the
 expression on floatN (codegen/elementwise.py's vector forms), one vector store where the
-output is contiguous along the lanes, a scatter where it is not. It is None (the kernel
-keeps the scalar store) where an op has no vector form, a value is not float32, or an
-extra input's lanes are not evenly spaced.
+output is contiguous along the lanes, a scatter where it is not. Integer values (an int32
+product, zero points, a QuantizeLinear result) are held as floats (elementwise.vector_dag):
+the kernel passes an integer product already converted, and an 8- or 16-bit integer output
+is converted back at the store (VSTORE then writes that integer vector). It is None (the
+kernel keeps the scalar store) where an op has no vector form, a value's type cannot be
+held as floats, or an extra input's lanes are not evenly spaced.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from dataclasses import dataclass
 
 from ember.codegen.csrc import broadcast_strides, contiguous_strides
 from ember.codegen.kernels.elementwise import (
-    C_EXPRESSIONS, compute_type, expression_supported, load_expr, pointer_type, store_stmt,
-    vector_dag, vector_type,
+    C_EXPRESSIONS, VECTOR_INTEGERS, compute_type, expression_supported, load_expr, pointer_type,
+    store_stmt, stored_vector, vector_dag, vector_type,
 )
 from ember.ir import DType, TensorType
 from ember.ir.ops.fused import FusedExpr
@@ -33,6 +36,8 @@ __all__ = ["EpilogueCode", "epilogue_code", "vector_load", "lane_step", "VLOAD",
 # a __global pointer, read (VLOAD(p)) or written (VSTORE(p, v)); vloadN is an out-of-line
 # call on PoCL.
 VLOAD, VSTORE = "EP_VLOAD", "EP_VSTORE"
+# Integer outputs a vector store writes: every value of theirs is exact in float.
+_EXACT_INTEGERS = VECTOR_INTEGERS - {DType.INT32}
 
 
 @dataclass(frozen=True)
@@ -103,14 +108,18 @@ class EpilogueCode:
 
     def vector_store(self, pointer: str, offset: str, value: str, width: int, out_step: int,
                      lane_axes: tuple[int, ...]) -> str | None:
-        """C statements storing `value`, a float vector of `width` lanes, where lane l is the
+        """C statements storing `value`, a float vector of `width` lanes (the product's values
+        converted to float, when it is an integer product), where lane l is the
         output element at flat offset `offset` + l * `out_step`. The lanes run along the
         output axes `lane_axes` (consecutive, in row-major order) and never leave the block
         those axes span: lane l is `offset`'s element moved l places within the block. None
         where the vector form cannot express the epilogue (see the module docstring)."""
-        if self.out.dtype is not DType.FLOAT32 or self.base_dtype is not DType.FLOAT32:
-            return None
         if width == 1:
+            return None
+        if self.expr is None and (self.out.dtype is not DType.FLOAT32
+                                  or self.base_dtype is not DType.FLOAT32):
+            return None
+        if self.out.dtype is not DType.FLOAT32 and self.out.dtype not in _EXACT_INTEGERS:
             return None
         lines = [f"const {self.idx} ep_o = {offset};",
                  f"const {vector_type(width)} ep_v0 = {value};"]
@@ -136,10 +145,12 @@ class EpilogueCode:
                 lines.append(f"const {vector_type(width)} ep_v{i + 1} = {load};")
             lines += body
             out_value = f"ep_v{self.expr.outputs[0]}"
+        out_value = stored_vector(out_value, self.out.dtype, width)
         if out_step == 1:
             lines.append(f"{VSTORE}({pointer} + ep_o, {out_value});")
         else:
-            lines += [f"{pointer}[ep_o + {lane * out_step}] = {out_value}.s{lane:x};"
+            lines.append(f"const {self.out.dtype.cl_name}{width} ep_out = {out_value};")
+            lines += [f"{pointer}[ep_o + {lane * out_step}] = ep_out.s{lane:x};"
                       for lane in range(width)]
         return "{\n" + "\n".join("    " + line for line in lines) + "\n}"
 
@@ -165,14 +176,18 @@ def lane_step(in_shape: tuple[int, ...], out_shape: tuple[int, ...],
 
 def vector_load(dtype: DType, pointer: str, offset: str, width: int, step: int) -> str | None:
     """A float vector of `width` lanes, lane l read at `offset` + l * `step` (0: one element
-    for every lane, 1: contiguous through VLOAD, else gathered); None unless float32."""
-    if dtype is not DType.FLOAT32:
+    for every lane, 1: contiguous through VLOAD, else gathered); None unless float32 or an
+    integer type vector_dag holds as floats (read lane by lane unless broadcast)."""
+    if dtype is not DType.FLOAT32 and dtype not in VECTOR_INTEGERS:
         return None
     vt = vector_type(width)
     if step == 0:
         return f"({vt})({pointer}[{offset}])"
-    if step == 1:
+    if step == 1 and dtype is DType.FLOAT32:
         return f"{VLOAD}({pointer} + {offset})"
+    if dtype is not DType.FLOAT32:
+        lanes = ", ".join(f"(float){pointer}[{offset} + {lane * step}]" for lane in range(width))
+        return f"({vt})({lanes})"
     lanes = ", ".join(f"{pointer}[{offset} + {lane * step}]" for lane in range(width))
     return f"({vt})({lanes})"
 

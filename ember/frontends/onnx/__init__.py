@@ -12,6 +12,7 @@ import onnx
 
 from ember.frontends.onnx import elementwise, linalg, movement, nn, reduce  # noqa: F401
 from ember.frontends.onnx import movement_const, movement_resize  # noqa: F401  (register on import)
+from ember.frontends.onnx import quant  # noqa: F401  (quantized ops, com.microsoft ones too)
 from ember.frontends.onnx.importer import CONVERTERS, import_graph, value_info_type
 from ember.frontends.onnx.loader import load_model, model_opset
 from ember.ir import DType, Graph

@@ -16,7 +16,8 @@ import onnx
 from ember.errors import ModelLoadError, UnsupportedOpError
 
 __all__ = ["DEFAULT_DOMAINS", "MAX_OPSET", "REVIEWED_OPSET", "check_model", "check_text",
-           "check_opsets", "check_ops", "check_acyclic", "node_label", "default_opset"]
+           "check_opsets", "check_ops", "check_acyclic", "node_label", "default_opset",
+           "op_key"]
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -32,6 +33,12 @@ def node_label(node: onnx.NodeProto) -> str:
     """How messages name a node: its op type and its name (its first output when unnamed)."""
     name = node.name or (node.output[0] if node.output else "")
     return f"{node.op_type} {name!r}"
+
+
+def op_key(op_type: str, domain: str = "") -> str:
+    """How converters are keyed: the op type for ONNX's own domain, else 'domain.op_type',
+    so that an op of another domain never takes the converter of a same-named ONNX op."""
+    return op_type if domain in DEFAULT_DOMAINS else f"{domain}.{op_type}"
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -50,15 +57,12 @@ def check_opsets(model: onnx.ModelProto, where: str) -> None:
 def check_ops(graph: onnx.GraphProto, opset: int, domains: dict[str, int],
               known: Container[str]) -> None:
     """One UnsupportedOpError naming every op type that `known` lacks (with a node using it
-    and the opset), and every node of a domain other than ONNX's own (with the domain)."""
+    and the opset); ops of other domains are known as 'domain.op_type' (see `op_key`)."""
     missing: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
-        domain = node.domain or ""
-        if domain in DEFAULT_DOMAINS:
-            if node.op_type not in known:
-                missing.setdefault(node.op_type, []).append(node)
-        else:
-            missing.setdefault(f"{domain}.{node.op_type}", []).append(node)
+        key = op_key(node.op_type, node.domain or "")
+        if key not in known:
+            missing.setdefault(key, []).append(node)
     if not missing:
         return
     described = [_describe_missing(op, nodes, opset, domains) for op, nodes in missing.items()]
@@ -79,7 +83,7 @@ def _describe_missing(op: str, nodes: list[onnx.NodeProto], opset: int,
     version = domains.get(domain)
     imported = f"opset {version}" if version is not None else "not imported by the model"
     return (f"op {op} of domain {domain!r} (node {name!r}, {imported}{count}; ember converts "
-            f"only the default ONNX domain)")
+            f"the default ONNX domain and a few com.microsoft ops)")
 
 
 def check_acyclic(graph: onnx.GraphProto, where: str) -> None:

@@ -26,7 +26,7 @@ from ember.errors import (
     UnsupportedOpError,
 )
 from ember.frontends.dims import resolve_shapes
-from ember.frontends.onnx.checks import check_model, default_opset, node_label
+from ember.frontends.onnx.checks import check_model, default_opset, node_label, op_key
 from ember.ir import OPS, DType, Graph, TensorType, Value
 
 __all__ = ["ImportContext", "onnx_op", "CONVERTERS", "import_graph", "value_info_type"]
@@ -47,14 +47,16 @@ FLAG_ATTRIBUTES = frozenset({
 })
 
 
-def onnx_op(*op_types: str) -> Callable[[Converter], Converter]:
-    """Register the converter of one or more ONNX op types (default domain)."""
+def onnx_op(*op_types: str, domain: str = "") -> Callable[[Converter], Converter]:
+    """Register the converter of one or more ONNX op types (of the default domain unless
+    `domain` names another)."""
 
     def register(fn: Converter) -> Converter:
         for op_type in op_types:
-            if op_type in CONVERTERS:
-                raise ValueError(f"converter for {op_type} registered twice")
-            CONVERTERS[op_type] = fn
+            key = op_key(op_type, domain)
+            if key in CONVERTERS:
+                raise ValueError(f"converter for {key} registered twice")
+            CONVERTERS[key] = fn
         return fn
 
     return register
@@ -167,6 +169,10 @@ class ImportContext:
         return self.graph.add_constant(np.asarray(array), name=name or self._label("const"))
 
     def _foldable(self, node: int) -> bool:
+        # Ops marked not to fold keep constant inputs compressed (quantized weights).
+        if not OPS[self.graph.op(node)].folds(self.graph.input_types(node),
+                                              self.graph.output_types(node)):
+            return False
         return sum(t.size for t in self.graph.output_types(node)) <= FOLD_LIMIT
 
     def _label(self, op: str) -> str:
@@ -243,7 +249,7 @@ def import_graph(
     for node in onnx_graph.node:
         ctx.node = node
         try:
-            results = CONVERTERS[node.op_type](ctx, node)
+            results = CONVERTERS[op_key(node.op_type, node.domain)](ctx, node)
         except NonConstantInputError:
             raise
         except EmberError as exc:

@@ -19,5 +19,7 @@ from ember.ir.ops import movement  # noqa: F401  (reshape, transpose, pad, ...)
 from ember.ir.ops import movement_select  # noqa: F401  (gather, one-hot, trilu, ...)
 from ember.ir.ops import resize  # noqa: F401  (Resize)
 from ember.ir.ops import attention  # noqa: F401  (fused scaled dot-product attention)
+from ember.ir.ops import quant  # noqa: F401  ((de)quantization, integer MatMul/Conv)
+from ember.ir.ops import scatter  # noqa: F401  (GatherND, ScatterND, ScatterElements)
 
 __all__ = ["OPS", "OpDef", "OpRegistry", "attr"]

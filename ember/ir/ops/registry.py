@@ -90,6 +90,15 @@ class OpDef:
             raise AssertionError(f"{self.name}.infer returned {len(outputs)} outputs")
         return outputs
 
+    def folds(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType]) -> bool:
+        """Whether a node of this op with constant inputs may become a constant. Ops marked
+        `extra["fold_constants"] = False` (DequantizeLinear) fold only where the result is
+        no larger than their inputs (an int32 bias), never where it would widen compressed
+        weights to float."""
+        if self.extra.get("fold_constants", True):
+            return True
+        return sum(t.nbytes for t in outputs) <= sum(t.nbytes for t in inputs)
+
     def evaluate(self, arrays: Sequence[np.ndarray], attrs: Attrs) -> tuple[np.ndarray, ...]:
         """Run the numpy reference; always returns a tuple of arrays."""
         result = self.reference(*arrays, **attrs)
