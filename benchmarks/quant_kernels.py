@@ -6,8 +6,8 @@ their steps from OpenCL profiling, medians of --repeat calls taken in turns.
     python benchmarks/quant_kernels.py                 # all cases
     python benchmarks/quant_kernels.py --cases gemv conv --repeat 30
 
-Cases: "gemv" an int4 BlockQuantMatMul (blocks of 32) against a float32 MatMul with one row
-of A (goal: <= 0.5x); "conv" ConvInteger (uint8 x, int8 w) on ResNet-18's 3x3 layer shapes
+Cases: "gemv" an int4 (and an int8) BlockQuantMatMul (blocks of 32) against a float32 MatMul
+with one row of A (goal: <= 0.5x); "prefill" the same int4 product with 16..128 rows of A; "conv" ConvInteger (uint8 x, int8 w) on ResNet-18's 3x3 layer shapes
 against float32 Conv, with an int32 result and with a requantizing epilogue (goal: < 1x);
 "gemm" MatMulInteger (int8) against float32 MatMul at 256..1024 (throughput ratio). The
 machine is shared: compare the ratios of one run, not absolute numbers across runs.
@@ -67,17 +67,29 @@ def compare(label: str, float_case, quant_case, target: str, repeat: int,
           f"ratio {q / f:5.2f}{rate}", flush=True)
 
 
+def _block_quant_case(rows: int, n: int, k: int, bits: int, bs: int):
+    """(float32 MatMul, BlockQuantMatMul) graphs of one product shape."""
+    a = RNG.standard_normal((rows, k)).astype(np.float32)
+    w = RNG.standard_normal((k, n)).astype(np.float32)
+    q = RNG.integers(0, 256, (n, k // bs, bs * bits // 8)).astype(np.uint8)
+    scales = RNG.uniform(0.01, 0.1, (n, k // bs)).astype(np.float32)
+    zeros = np.full((n, k // bs), 2 ** (bits - 1), np.uint8)
+    return (_graph("MatMul", {"a": a}, [w], {}),
+            _graph("BlockQuantMatMul", {"a": a}, [q, scales, zeros],
+                   {"bits": bits, "block_size": bs, "k": k, "n": n}))
+
+
 def gemv_cases(target: str, repeat: int) -> None:
-    for n, k in ((4096, 4096), (4096, 11008), (11008, 4096)):
-        bs = 32
-        a = RNG.standard_normal((1, k)).astype(np.float32)
-        w = RNG.standard_normal((k, n)).astype(np.float32)
-        q = RNG.integers(0, 256, (n, k // bs, bs // 2)).astype(np.uint8)
-        scales = RNG.uniform(0.01, 0.1, (n, k // bs)).astype(np.float32)
-        zeros = np.full((n, k // bs), 8, np.uint8)
-        compare(f"GEMV 1x{k}x{n} int4 (block {bs})", _graph("MatMul", {"a": a}, [w], {}),
-                _graph("BlockQuantMatMul", {"a": a}, [q, scales, zeros],
-                       {"bits": 4, "block_size": bs, "k": k, "n": n}), target, repeat)
+    for n, k, bits in ((4096, 4096, 4), (4096, 11008, 4), (11008, 4096, 4), (4096, 4096, 8)):
+        compare(f"GEMV 1x{k}x{n} int{bits} (block 32)", *_block_quant_case(1, n, k, bits, 32),
+                target, repeat)
+
+
+def prefill_cases(target: str, repeat: int) -> None:
+    for rows in (16, 64, 128):
+        compare(f"GEMM {rows}x4096x4096 int4 (block 32)",
+                *_block_quant_case(rows, 4096, 4096, 4, 32), target, repeat,
+                2.0 * rows * 4096 * 4096)
 
 
 def _requantize(channels: int) -> tuple[FusedExpr, list[np.ndarray]]:
@@ -128,7 +140,7 @@ def gemm_cases(target: str, repeat: int) -> None:
 
 
 CASES: dict[str, Callable[[str, int], None]] = {
-    "gemv": gemv_cases, "conv": conv_cases, "gemm": gemm_cases}
+    "gemv": gemv_cases, "prefill": prefill_cases, "conv": conv_cases, "gemm": gemm_cases}
 
 
 def main() -> None:

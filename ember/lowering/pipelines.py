@@ -9,7 +9,7 @@ from ember.lowering.fusion import FoldTransposeIntoMatMul, FuseElementwise, Fuse
 from ember.lowering.passes import FixedPoint, Pass
 from ember.lowering.patterns import PATTERN_PASSES
 from ember.lowering.placement import Place
-from ember.lowering.quant import FuseQuantizedProducts
+from ember.lowering.quant import FoldWidenedConstants, FuseQuantizedProducts
 from ember.lowering.rules import ApplyRules
 from ember.lowering.simplify import (
     EliminateCommonSubexpressions,
@@ -43,7 +43,7 @@ def _fuse() -> list[Pass | FixedPoint]:
     # epilogue.
     # Quantized products first: their DequantizeLinear inputs would otherwise be fused into
     # elementwise regions in front of a float product.
-    return [FuseQuantizedProducts(), *PATTERN_PASSES, FuseAttention(), FoldTransposeIntoMatMul(), FuseElementwise(), FuseEpilogues(),
+    return [FuseQuantizedProducts(), FoldWidenedConstants(), *PATTERN_PASSES, FuseAttention(), FoldTransposeIntoMatMul(), FuseElementwise(), FuseEpilogues(),
             EliminateDeadCode()]
 
 
@@ -52,8 +52,8 @@ def _fuse() -> list[Pass | FixedPoint]:
 # constant subgraphs are plain constants, and again after to drop what the folds orphaned),
 # and fusion.
 PIPELINES = {
-    0: lambda: [Place()],
-    1: lambda: [_simplify(), Place()],
+    0: lambda: [FoldWidenedConstants(), Place()],
+    1: lambda: [_simplify(), FoldWidenedConstants(), Place()],
     2: lambda: [_simplify(rules=True), _fold(), _simplify(rules=True), *_fuse(), Place()],
     3: lambda: [_simplify(rules=True), _fold(), _simplify(rules=True), *_fuse(), Place()],
 }

@@ -19,7 +19,7 @@ from ember.errors import ShapeError, UnsupportedOpError
 from ember.frontends.onnx.importer import ImportContext, onnx_op
 from ember.ir import Value
 
-__all__ = ["same_pads", "conv_transpose_pads"]
+__all__ = ["same_pads", "conv_transpose_pads", "conv_attrs"]
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 
@@ -106,7 +106,7 @@ def _kernel_shape(ctx: ImportContext, node: onnx.NodeProto, w: Value) -> tuple[i
 
 @dataclass(frozen=True)
 class _ConvCommon:
-    """What Conv and ConvTranspose read alike from their node."""
+    """What ConvTranspose reads from its node (Conv: conv_attrs)."""
 
     inputs: list[Value]
     x_shape: tuple[int, ...]
@@ -128,11 +128,17 @@ def _conv_common(ctx: ImportContext, node: onnx.NodeProto) -> _ConvCommon:
                        _ints(ctx, node, "dilations", rank, 1), _auto_pad(ctx, node))
 
 
-@onnx_op("Conv")
-def _conv(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
-    c = _conv_common(ctx, node)
-    x_shape, rank, kernel, strides, dilations, auto_pad = (
-        c.x_shape, c.rank, c.kernel, c.strides, c.dilations, c.auto_pad)
+def conv_attrs(ctx: ImportContext, node: onnx.NodeProto, x: Value, w: Value) -> dict:
+    """Conv's attributes for input X and weight W of `node` (Conv, ConvInteger,
+    QLinearConv), with auto_pad resolved to explicit pads (shapes are static)."""
+    x_shape = ctx.type_of(x).shape
+    rank = len(x_shape) - 2
+    if rank < 1:
+        raise ShapeError(f"{ctx.where}: X must be (N, C, *spatial), got {x_shape}")
+    kernel = _kernel_shape(ctx, node, w)
+    strides = _ints(ctx, node, "strides", rank, 1)
+    dilations = _ints(ctx, node, "dilations", rank, 1)
+    auto_pad = _auto_pad(ctx, node)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         pairs = [same_pads(i, k, s, d, auto_pad == "SAME_UPPER")
                  for i, k, s, d in zip(x_shape[2:], kernel, strides, dilations)]
@@ -141,9 +147,15 @@ def _conv(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
         pads = (0,) * (2 * rank)
     else:
         pads = _ints(ctx, node, "pads", 2 * rank, 0)
-    attrs = {"strides": strides, "dilations": dilations, "pads": pads,
-             "group": int(ctx.attr(node, "group", 1))}
-    return [ctx.add("Conv", c.inputs, attrs)]
+    return {"strides": strides, "dilations": dilations, "pads": pads,
+            "group": int(ctx.attr(node, "group", 1))}
+
+
+@onnx_op("Conv")
+def _conv(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+    x, w, bias = ctx.input(node, 0), ctx.input(node, 1), ctx.input(node, 2)
+    inputs = [x, w] if bias is None else [x, w, bias]
+    return [ctx.add("Conv", inputs, conv_attrs(ctx, node, x, w))]
 
 
 def conv_transpose_pads(in_spatial: Sequence[int], kernel: Sequence[int],

@@ -19,7 +19,7 @@ import onnx
 
 from ember.errors import ShapeError, UnsupportedOpError
 from ember.frontends.onnx.importer import ImportContext, onnx_op
-from ember.frontends.onnx.linalg import same_pads
+from ember.frontends.onnx.linalg import conv_attrs
 from ember.ir import DType, Value
 from ember.ir.ops.common import normalize_axis
 from ember.ir.ops.quant import DEQUANT_TYPES, QUANT_TYPES
@@ -214,43 +214,6 @@ def _matmul_integer(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
     return [_matmul_integer_of(ctx, a, b, a_zero, b_zero)]
 
 
-def _conv_attrs(ctx: ImportContext, node: onnx.NodeProto, x: Value, w: Value) -> dict:
-    """Conv's attributes with auto_pad resolved to explicit pads (shapes are static)."""
-    x_shape, w_shape = ctx.type_of(x).shape, ctx.type_of(w).shape
-    rank = len(x_shape) - 2
-    if rank < 1:
-        raise ShapeError(f"{ctx.where}: X must be (N, C, *spatial), got {x_shape}")
-    kernel = tuple(w_shape[2:])
-    given = ctx.attr(node, "kernel_shape")
-    if given is not None and len(given) and tuple(int(k) for k in given) != kernel:
-        raise ShapeError(f"{ctx.where}: kernel_shape {tuple(given)} differs from the weight's "
-                         f"spatial shape {kernel}")
-
-    def ints(name: str, count: int, default: int) -> tuple[int, ...]:
-        value = ctx.attr(node, name)
-        if value is None or len(value) == 0:
-            return (default,) * count
-        if len(value) != count:
-            raise ShapeError(f"{ctx.where}: {name} {tuple(value)} needs {count} values")
-        return tuple(int(v) for v in value)
-
-    strides, dilations = ints("strides", rank, 1), ints("dilations", rank, 1)
-    auto_pad = ctx.attr(node, "auto_pad", "NOTSET") or "NOTSET"
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pairs = [same_pads(i, k, s, d, auto_pad == "SAME_UPPER")
-                 for i, k, s, d in zip(x_shape[2:], kernel, strides, dilations)]
-        pads = tuple(p[0] for p in pairs) + tuple(p[1] for p in pairs)
-    elif auto_pad == "VALID":
-        pads = (0,) * (2 * rank)
-    elif auto_pad == "NOTSET":
-        pads = ints("pads", 2 * rank, 0)
-    else:
-        raise UnsupportedOpError(f"{ctx.where}: auto_pad {auto_pad!r} is not one of NOTSET, "
-                                 f"SAME_UPPER, SAME_LOWER, VALID")
-    return {"strides": strides, "dilations": dilations, "pads": pads,
-            "group": int(ctx.attr(node, "group", 1))}
-
-
 def _channel_zero(ctx: ImportContext, zero: Value | None, w: Value) -> Value:
     """ConvInteger's w_zero_point: () per tensor, (Cout,) per output channel."""
     wt = ctx.type_of(w)
@@ -270,7 +233,7 @@ def _conv_integer_of(ctx: ImportContext, node: onnx.NodeProto, x: Value, w: Valu
     x_zero = _zero(ctx, ctx.type_of(x).dtype) if x_zero is None else \
         _scalar(ctx, x_zero, "x_zero_point")
     return ctx.add("ConvInteger", [x, w, x_zero, _channel_zero(ctx, w_zero, w)],
-                   _conv_attrs(ctx, node, x, w))
+                   conv_attrs(ctx, node, x, w))
 
 
 @onnx_op("ConvInteger")

@@ -272,6 +272,21 @@ ELEMENTWISE_OPS: dict[str, tuple] = {
 }
 
 
+# A Cast that widens a narrow-integer constant (an int8 weight of a weight-only export,
+# Cast -> Mul(scale) -> MatMul) folds only while the result is small: the integers are the
+# compressed form, and lowering reads them as DequantizeLinear (and folds what it leaves).
+CAST_FOLD_BYTES = 16 * 1024
+
+
+def _cast_folds(inputs: Sequence[TensorType], outputs: Sequence[TensorType]) -> bool:
+    (source,), (result,) = inputs, outputs
+    narrow_integer = source.dtype.is_integer and source.dtype.itemsize <= 2
+    return not narrow_integer or result.nbytes <= max(source.nbytes, CAST_FOLD_BYTES)
+
+
+_EXTRA = {"Cast": {"fold_constants": _cast_folds}}
+
+
 def _register(name: str, arity: int, fn, rule, attrs: tuple[AttrSpec, ...], commutative: bool):
     infer = _make_infer(rule)
 
@@ -291,6 +306,7 @@ def _register(name: str, arity: int, fn, rule, attrs: tuple[AttrSpec, ...], comm
             num_inputs=(arity, arity),
             elementwise=True,
             commutative=commutative,
+            extra=_EXTRA.get(name, {}),
         )
     )
 

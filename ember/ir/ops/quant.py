@@ -174,18 +174,24 @@ def _infer_matmul_integer(inputs: Sequence[TensorType], attrs: Attrs
     _require(a, INTEGER_OPERAND_TYPES, "MatMulInteger", "input A")
     _require(b, INTEGER_OPERAND_TYPES, "MatMulInteger", "input B")
     dims = matmul_dims(a.shape, b.shape)
-    for name, zero, operand, shapes in (
+    _check_zeros("MatMulInteger", (
         ("a_zero", a_zero, a, {(), (dims.m, 1)} if a.rank >= 2 else {()}),
         ("b_zero", b_zero, b, {(), (dims.n,)} if b.rank >= 2 else {()}),
-    ):
-        if zero.dtype != operand.dtype:
-            raise DTypeError(f"MatMulInteger input {name} has dtype {zero.dtype}; expected "
-                             f"{operand.dtype} (its operand's)")
-        if zero.shape not in shapes:
-            raise ShapeError(f"MatMulInteger input {name} has shape {zero.shape}; expected "
-                             f"one of {sorted(shapes)}")
+    ))
     base = TensorType(dims.out_shape, DType.INT32)
     return (infer_epilogue(base, inputs[4:], epilogue, "MatMulInteger"),)
+
+
+def _check_zeros(op: str, checks) -> None:
+    """Each zero point (name, type, its operand's type, allowed shapes) has its operand's
+    dtype and one of the allowed shapes."""
+    for name, zero, operand, shapes in checks:
+        if zero.dtype != operand.dtype:
+            raise DTypeError(f"{op} input {name} has dtype {zero.dtype}; expected "
+                             f"{operand.dtype} (its operand's)")
+        if zero.shape not in shapes:
+            raise ShapeError(f"{op} input {name} has shape {zero.shape}; expected one of "
+                             f"{sorted(shapes)}")
 
 
 def _matmul_integer(a, b, a_zero, b_zero, *extras, epilogue=None) -> np.ndarray:
@@ -207,14 +213,8 @@ def _infer_conv_integer(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[Ten
     _require(x, INTEGER_OPERAND_TYPES, "ConvInteger", "input X")
     _require(w, INTEGER_OPERAND_TYPES, "ConvInteger", "input W")
     g = conv_geometry(x.shape, w.shape, attrs)
-    for name, zero, operand, shapes in (("x_zero", x_zero, x, {()}),
-                                        ("w_zero", w_zero, w, {(), (g.out_channels,)})):
-        if zero.dtype != operand.dtype:
-            raise DTypeError(f"ConvInteger input {name} has dtype {zero.dtype}; expected "
-                             f"{operand.dtype} (its operand's)")
-        if zero.shape not in shapes:
-            raise ShapeError(f"ConvInteger input {name} has shape {zero.shape}; expected "
-                             f"one of {sorted(shapes)}")
+    _check_zeros("ConvInteger", (("x_zero", x_zero, x, {()}),
+                                 ("w_zero", w_zero, w, {(), (g.out_channels,)})))
     base = TensorType(g.out_shape, DType.INT32)
     return (infer_epilogue(base, inputs[4:], epilogue, "ConvInteger"),)
 

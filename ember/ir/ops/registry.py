@@ -94,8 +94,12 @@ class OpDef:
         """Whether a node of this op with constant inputs may become a constant. Ops marked
         `extra["fold_constants"] = False` (DequantizeLinear) fold only where the result is
         no larger than their inputs (an int32 bias), never where it would widen compressed
-        weights to float."""
-        if self.extra.get("fold_constants", True):
+        weights to float. A callable there decides per node (Cast: only the widening of
+        a large narrow-integer constant, the int8 weight of a weight-only export, stays)."""
+        rule = self.extra.get("fold_constants", True)
+        if callable(rule):
+            return bool(rule(inputs, outputs))
+        if rule:
             return True
         return sum(t.nbytes for t in outputs) <= sum(t.nbytes for t in inputs)
 
