@@ -7,7 +7,8 @@ their steps from OpenCL profiling, medians of --repeat calls taken in turns.
     python benchmarks/quant_kernels.py --cases gemv conv --repeat 30
 
 Cases: "gemv" an int4 (and an int8) BlockQuantMatMul (blocks of 32) against a float32 MatMul
-with one row of A (goal: <= 0.5x); "prefill" the same int4 product with 16..128 rows of A; "conv" ConvInteger (uint8 x, int8 w) on ResNet-18's 3x3 layer shapes
+with one row of A (goal: <= 0.5x); "prefill" the same int4 product with 4..128 rows of A (goal: <= 1x), and the small int4 layers of
+tests/quantization's models; "conv" ConvInteger (uint8 x, int8 w) on ResNet-18's 3x3 layer shapes
 against float32 Conv, with an int32 result and with a requantizing epilogue (goal: < 1x);
 "gemm" MatMulInteger (int8) against float32 MatMul at 256..1024 (throughput ratio). The
 machine is shared: compare the ratios of one run, not absolute numbers across runs.
@@ -86,10 +87,31 @@ def gemv_cases(target: str, repeat: int) -> None:
 
 
 def prefill_cases(target: str, repeat: int) -> None:
-    for rows in (16, 64, 128):
+    for rows in (4, 16, 64, 128):
         compare(f"GEMM {rows}x4096x4096 int4 (block 32)",
                 *_block_quant_case(rows, 4096, 4096, 4, 32), target, repeat,
                 2.0 * rows * 4096 * 4096)
+    for rows, k, n in ((4, 64, 128), (4, 128, 64), (32, 32, 32)):
+        compare_small(f"GEMM {rows}x{k}x{n} int4 (block 32)",
+                      *_block_quant_case(rows, n, k, 4, 32), target, repeat)
+
+
+def compare_small(label: str, float_case, quant_case, target: str, repeat: int) -> None:
+    """`compare` for products of a few microseconds (the int4 layers of tests/quantization's
+    models, batch 4), where a launch takes about 1 or about 10 us depending on whether the
+    device's threads were still awake, and taking turns puts the second graph in the slow
+    mode more often (even for two copies of one graph): each graph runs 20 * `repeat` times
+    in a row, and the fastest and the median runs are compared."""
+    stats = []
+    for graph, feeds in (float_case, quant_case):
+        model = ember.compile(graph, target=target, opt_level=2)
+        model(**feeds)
+        times = sorted(_device_seconds(model, feeds) for _ in range(20 * repeat))
+        stats.append((times[0], statistics.median(times)))
+    (f_min, f_med), (q_min, q_med) = stats
+    print(f"{label:44s} float32 {f_min * 1e6:6.1f} us (median {f_med * 1e6:5.1f})  quant "
+          f"{q_min * 1e6:6.1f} us (median {q_med * 1e6:5.1f})  ratio {q_min / f_min:5.2f} "
+          f"(medians {q_med / f_med:5.2f})", flush=True)
 
 
 def _requantize(channels: int) -> tuple[FusedExpr, list[np.ndarray]]:

@@ -7,6 +7,13 @@ have the same output shape (inputs may broadcast into the region, values inside 
 and no path leaves the region and comes back to it, counting the regions already formed as
 single nodes (that would make a fused node depend on itself). Each region of two or more
 nodes becomes one `FusedElementwise` node, with one output per value used outside it.
+Then a kernel never writes a quantized tensor and its dequantized copy, nor a dequantized
+copy alone: the consumers of `DequantizeLinear(q)`, when all are elementwise kernels of its
+shape, each dequantize the 8-bit q themselves (one copy of the DequantizeLinear fused into
+each). A kernel boundary then carries 1 byte per element instead of 5 (or 4), and a region
+that ends in QuantizeLinear keeps one output, so it can become a product's epilogue (a
+residual block's Add + Relu + QuantizeLinear after its second convolution, reading the
+shortcut as uint8).
 
 `FuseEpilogues` then absorbs into a MatMul / Conv the elementwise node (plain or fused) that
 is the only user of its result and keeps its shape: bias, activation, residual Add, scaling
@@ -30,7 +37,7 @@ from collections.abc import Sequence
 import networkx as nx
 import numpy as np
 
-from ember.ir import OPS, Graph, Value
+from ember.ir import OPS, DType, Graph, Value
 from ember.ir.ops.fused import ExprNode, FusedExpr, epilogue_inputs
 from ember.lowering.passes import PassContext, PassResult
 
@@ -40,6 +47,7 @@ EPILOGUE_OPS = frozenset({"MatMul", "Conv", "MatMulInteger", "ConvInteger", "Blo
 # Integer products: their kernels store whatever dtype the epilogue ends in (an int32 sum
 # becomes float, then int8 again through QuantizeLinear), so the epilogue may change it.
 RETYPING_EPILOGUE_OPS = frozenset({"MatMulInteger", "ConvInteger"})
+_EIGHT_BIT = frozenset({DType.INT8, DType.UINT8})
 
 
 def _is_elementwise(graph: Graph, node: int) -> bool:
@@ -75,10 +83,12 @@ class FuseElementwise:
         regions = self._regions(graph, ctx)
         fused = nodes = 0
         for members in regions:
-            if len(members) > 1 and self._fuse(graph, ctx, members):
+            if len(members) > 1 and _fuse_region(graph, ctx, members):
                 fused += 1
                 nodes += len(members)
-        return PassResult(fused > 0, {"regions": fused, "nodes": nodes})
+        moved = _dequantize_in_consumers(graph, ctx)
+        return PassResult(fused + moved > 0,
+                          {"regions": fused, "nodes": nodes, "dequantize_moved": moved})
 
     @staticmethod
     def _regions(graph: Graph, ctx: PassContext) -> list[list[int]]:
@@ -109,44 +119,46 @@ class FuseElementwise:
             members.setdefault(chosen, []).append(node)
         return list(members.values())
 
-    @staticmethod
-    def _fuse(graph: Graph, ctx: PassContext, members: list[int]) -> bool:
-        inside = set(members)
-        inputs: list[Value] = []
-        index: dict[Value, int] = {}
-        for node in members:
-            for value in graph.inputs_of(node):
-                if value.node not in inside and value not in index:
-                    index[value] = len(inputs)
-                    inputs.append(value)
-        exprs: list[ExprNode] = []
-        for node in members:
-            sub = _as_expr(graph, node)
-            args = [index[v] for v in graph.inputs_of(node)]
-            base = len(inputs) + len(exprs)
-            for k, e in enumerate(sub.nodes):
-                exprs.append(ExprNode(e.op, tuple(args[a] if a < sub.n_inputs
-                                                  else base + a - sub.n_inputs for a in e.args),
-                                      e.attrs, e.dtype))
-            for port, value_index in enumerate(sub.outputs):
-                index[Value(node, port)] = (args[value_index] if value_index < sub.n_inputs
-                                            else base + value_index - sub.n_inputs)
-        escaping = [
-            Value(node, port) for node in members
-            for port in range(len(graph.output_types(node)))
-            if graph.is_output(Value(node, port))
-            or any(use.node not in inside for use in graph.users_of(Value(node, port)))
-        ]
-        expr = FusedExpr(len(inputs), tuple(exprs), tuple(index[v] for v in escaping))
-        name = graph.node_name(members[-1]) + "/fused"
-        fused = _try_node(graph, ctx, "FusedElementwise", inputs, {"expr": expr}, name)
-        if fused is None:
-            return False
-        for port, value in enumerate(escaping):
-            graph.replace_all_uses(value, Value(fused, port))
-        for node in reversed(members):
-            graph.remove_node(node)
-        return True
+
+def _fuse_region(graph: Graph, ctx: PassContext, members: list[int]) -> bool:
+    """Replace `members` (in topological order) by one FusedElementwise node."""
+    inside = set(members)
+    inputs: list[Value] = []
+    index: dict[Value, int] = {}
+    for node in members:
+        for value in graph.inputs_of(node):
+            if value.node not in inside and value not in index:
+                index[value] = len(inputs)
+                inputs.append(value)
+    exprs: list[ExprNode] = []
+    for node in members:
+        sub = _as_expr(graph, node)
+        args = [index[v] for v in graph.inputs_of(node)]
+        base = len(inputs) + len(exprs)
+        for k, e in enumerate(sub.nodes):
+            exprs.append(ExprNode(e.op, tuple(args[a] if a < sub.n_inputs
+                                              else base + a - sub.n_inputs for a in e.args),
+                                  e.attrs, e.dtype))
+        for port, value_index in enumerate(sub.outputs):
+            index[Value(node, port)] = (args[value_index] if value_index < sub.n_inputs
+                                        else base + value_index - sub.n_inputs)
+    escaping = [
+        Value(node, port) for node in members
+        for port in range(len(graph.output_types(node)))
+        if graph.is_output(Value(node, port))
+        or any(use.node not in inside for use in graph.users_of(Value(node, port)))
+    ]
+    expr = FusedExpr(len(inputs), tuple(exprs), tuple(index[v] for v in escaping))
+    name = graph.node_name(members[-1])
+    name = name if name.endswith("/fused") else name + "/fused"
+    fused = _try_node(graph, ctx, "FusedElementwise", inputs, {"expr": expr}, name)
+    if fused is None:
+        return False
+    for port, value in enumerate(escaping):
+        graph.replace_all_uses(value, Value(fused, port))
+    for node in reversed(members):
+        graph.remove_node(node)
+    return True
 
 
 def _merge_keeps_acyclic(graph: nx.DiGraph, a: int, b: int) -> bool:
@@ -157,6 +169,125 @@ def _merge_keeps_acyclic(graph: nx.DiGraph, a: int, b: int) -> bool:
             if step != target and nx.has_path(graph, step, target):
                 return False
     return True
+
+
+# -- dequantization moved into the consumers ---------------------------------------------------
+def _dequantize_in_consumers(graph: Graph, ctx: PassContext) -> int:
+    """Move each `DequantizeLinear(q)` that a kernel writes (a region's output beside q, or
+    a node of its own) into its consumers; the number of values moved. Sweeps until nothing
+    changes: moving one rebuilds its consumers, which may then have one to move."""
+    moved_total = 0
+    while True:
+        moved = 0
+        for node in graph.topological_order():
+            if node not in graph.nx:
+                continue
+            if graph.op(node) == "DequantizeLinear":
+                q, scale, zero = graph.inputs_of(node)
+                if _move_dequantize(graph, ctx, Value(node, 0), q, scale, zero):
+                    moved += 1
+                    if not graph.users_of(Value(node, 0)):
+                        graph.remove_node(node)
+            elif graph.op(node) == "FusedElementwise":
+                for port, parts in _dequantized_outputs(graph, node):
+                    if _move_dequantize(graph, ctx, Value(node, port), *parts):
+                        moved += 1
+                        _drop_unused_outputs(graph, ctx, node)
+                        break  # the node may be rebuilt: the next sweep looks at it again
+        moved_total += moved
+        if not moved:
+            return moved_total
+
+
+def _dequantized_outputs(graph: Graph, node: int) -> list[tuple[int, tuple[Value, Value, Value]]]:
+    """(port, (q, scale, zero)) for each output of a FusedElementwise that is
+    DequantizeLinear(q) of another of its outputs or of one of its inputs q, by a scale and
+    zero point that are inputs."""
+    expr: FusedExpr = graph.attrs(node)["expr"]
+    inputs = graph.inputs_of(node)
+    port_of = {index: port for port, index in enumerate(expr.outputs)}
+    found = []
+    for port, index in enumerate(expr.outputs):
+        if index < expr.n_inputs:
+            continue
+        e = expr.nodes[index - expr.n_inputs]
+        if e.op != "DequantizeLinear":
+            continue
+        q_index, scale_index, zero_index = e.args
+        if scale_index >= expr.n_inputs or zero_index >= expr.n_inputs:
+            continue
+        if q_index < expr.n_inputs:
+            q = inputs[q_index]
+        elif q_index in port_of:
+            q = Value(node, port_of[q_index])
+        else:
+            continue
+        found.append((port, (q, inputs[scale_index], inputs[zero_index])))
+    return found
+
+
+def _move_dequantize(graph: Graph, ctx: PassContext, value: Value, q: Value, scale: Value,
+                     zero: Value) -> bool:
+    """Make the consumers of `value` (= DequantizeLinear(q, scale, zero)) compute it
+    themselves, fused into them. Only when all of them are elementwise kernels of its shape
+    (a product, a pooling or a graph output needs the float tensor written); true when
+    one or more did (all but those the target has no kernel for)."""
+    if graph.is_output(value) or graph.dtype_of(q) not in _EIGHT_BIT:
+        return False
+    shape = graph.type_of(value).shape
+    users = sorted({use.node for use in graph.users_of(value)})
+    if not users or any(not _is_elementwise(graph, user) or not ctx.supports(graph, user)
+                        or graph.output_types(user)[0].shape != shape for user in users):
+        return False
+    moved = False
+    for user in users:
+        ports = [use.port for use in graph.users_of(value) if use.node == user]
+        copy = graph.add("DequantizeLinear", q, scale, zero,
+                         name=graph.node_name(user) + "/dequantize")
+        for port in ports:
+            graph.set_input(user, port, copy)
+        if _fuse_region(graph, ctx, [copy.node, user]):
+            moved = True
+        else:
+            for port in ports:
+                graph.set_input(user, port, value)
+            graph.remove_node(copy.node)
+    return moved
+
+
+def _drop_unused_outputs(graph: Graph, ctx: PassContext, node: int) -> None:
+    """Rebuild a FusedElementwise without the outputs nobody reads."""
+    expr: FusedExpr = graph.attrs(node)["expr"]
+    kept = [port for port in range(len(expr.outputs))
+            if graph.is_output(Value(node, port)) or graph.users_of(Value(node, port))]
+    if len(kept) == len(expr.outputs):
+        return
+    if not kept:
+        graph.remove_node(node)
+        return
+    smaller = _without_dead_nodes(
+        FusedExpr(expr.n_inputs, expr.nodes, tuple(expr.outputs[p] for p in kept)))
+    new = _try_node(graph, ctx, "FusedElementwise", graph.inputs_of(node),
+                    {"expr": smaller}, graph.node_name(node))
+    if new is None:
+        return
+    for new_port, port in enumerate(kept):
+        graph.replace_all_uses(Value(node, port), Value(new, new_port))
+    graph.remove_node(node)
+
+
+def _without_dead_nodes(expr: FusedExpr) -> FusedExpr:
+    """`expr` without the nodes no output depends on (values renumbered)."""
+    n = expr.n_inputs
+    live = set(expr.outputs)
+    for k in range(len(expr.nodes) - 1, -1, -1):
+        if n + k in live:
+            live.update(expr.nodes[k].args)
+    kept = [k for k in range(len(expr.nodes)) if n + k in live]
+    renumber = {i: i for i in range(n)} | {n + k: n + j for j, k in enumerate(kept)}
+    nodes = tuple(ExprNode(expr.nodes[k].op, tuple(renumber[a] for a in expr.nodes[k].args),
+                           expr.nodes[k].attrs, expr.nodes[k].dtype) for k in kept)
+    return FusedExpr(n, nodes, tuple(renumber[i] for i in expr.outputs))
 
 
 # -- epilogues --------------------------------------------------------------------------------

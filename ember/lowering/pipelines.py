@@ -42,7 +42,8 @@ def _fuse() -> list[Pass | FixedPoint]:
     # input; then regions, so that a whole region (bias + activation + residual) becomes one
     # epilogue.
     # Quantized products first: their DequantizeLinear inputs would otherwise be fused into
-    # elementwise regions in front of a float product.
+    # elementwise regions in front of a float product. Int8 weights widened in the graph
+    # that no integer kernel took are folded to float right after (at every level).
     return [FuseQuantizedProducts(), FoldWidenedConstants(), *PATTERN_PASSES, FuseAttention(), FoldTransposeIntoMatMul(), FuseElementwise(), FuseEpilogues(),
             EliminateDeadCode()]
 

@@ -11,6 +11,13 @@ every weight to float32 and lose the 4x. This pass rewrites
     MatMul(a, BlockDequantize(w, s, z))  (w a constant int4/uint4/int8/uint8 matrix,
                                           blocked along K; transposed too)
         -> BlockQuantMatMul(a, packed w, s, z)
+    MatMul(a, DequantizeLinear(w, s, z))  (w a constant int8/uint8 matrix, per-column or
+                                          per-tensor scale: a weight-only model)
+        -> BlockQuantMatMul(a, packed w, s, z, bits=8)
+    Gather(DequantizeLinear(table, s, z), ids)  (GatherND too)
+        -> DequantizeLinear(Gather(table, ids), s of those rows, z of those rows)
+    QuantizeLinear(MaxPool(DequantizeLinear(q, s, z)), s, z)  (one positive scale)
+        -> MaxPool(q)
 
 which is exact where it matters: the sum of integer products is computed in int32 without
 rounding, and the one float rounding left is that of the scale. Epilogue fusion then folds the
@@ -22,6 +29,10 @@ output column or channel for the weight. Anything else (a per-row weight scale, 
 varies along K) stays as written: DequantizeLinear and a float product. The rewrite happens
 only where the target has a kernel for the integer op (the numpy executor's float BLAS is
 faster than its integer matmul).
+
+Weight-only int8 exports spell DequantizeLinear out, Cast(w int8) -> (Sub zero) -> Mul
+scale, and the Cast of a large integer constant is not folded: the pass reads that chain as
+the DequantizeLinear it is, and folds back to a float constant whatever it did not consume.
 """
 
 from __future__ import annotations
@@ -36,7 +47,7 @@ from ember.ir import OPS, DType, Graph, Value
 from ember.lowering.passes import PassContext, PassResult
 from ember.lowering.rules import remove_dead
 
-__all__ = ["FuseQuantizedProducts", "FoldWidenedConstants", "fold_widened_constants",
+__all__ = ["FoldWidenedConstants", "FuseQuantizedProducts", "fold_widened_constants",
            "pack_block_weights"]
 
 _INT8_TYPES = frozenset({DType.INT8, DType.UINT8})
@@ -50,7 +61,8 @@ class FuseQuantizedProducts:
         if ctx.supports is None:
             folded = fold_widened_constants(graph)
             return PassResult(folded > 0, {"refolded": folded})
-        counts = {"matmul": 0, "conv": 0, "block": 0, "int8_weight": 0, "int8_gather": 0}
+        counts = {"matmul": 0, "conv": 0, "block": 0, "int8_weight": 0, "int8_gather": 0,
+                  "maxpool": 0}
         widened = _read_widened_weights(graph)
         for node in graph.topological_order():
             if node not in graph.nx:
@@ -64,6 +76,8 @@ class FuseQuantizedProducts:
                 counts["int8_weight"] += 1
             elif op == "Conv" and _rewrite_conv(graph, ctx, node):
                 counts["conv"] += 1
+            elif op == "MaxPool" and _rewrite_maxpool(graph, ctx, node):
+                counts["maxpool"] += 1
             elif op in ("Gather", "GatherND") and _rewrite_int8_gather(graph, ctx, node):
                 counts["int8_gather"] += 1
         counts["refolded"] = fold_widened_constants(graph, widened)
@@ -299,9 +313,9 @@ def _widened(graph: Graph, mul: int) -> tuple[Value, np.ndarray, np.ndarray] | N
     in float32 with q an int8/uint8 constant, scale and zero constants that do not grow q
     and vary along one axis of it at most (the same one), zero integers of q's range: the
     DequantizeLinear the weight-only export spells out. The zero comes back in q's dtype."""
-    out = graph.output_types(mul)[0]
-    if graph.op(mul) != "Mul" or out.dtype is not DType.FLOAT32:
+    if graph.op(mul) != "Mul" or graph.output_types(mul)[0].dtype is not DType.FLOAT32:
         return None
+    out = graph.output_types(mul)[0]
     for centered, scale in (graph.inputs_of(mul), reversed(graph.inputs_of(mul))):
         scale_array = graph.constant_value(scale)
         if scale_array is None or graph.dtype_of(scale) is not DType.FLOAT32:
@@ -395,8 +409,9 @@ class FoldWidenedConstants:
 
 def _block_size_for(k: int) -> int:
     """The block size (one scale for all blocks) that pads K least; the largest on ties, so
-    the kernel reads fewer scales."""
-    return min((16, 32, 64, 128), key=lambda bs: (-(-k // bs) * bs, -bs))
+    the kernel reads fewer scales. 64 at most: on the CPU kernel 8-bit blocks of 64 ran as
+    fast as or faster than 128 (1 x 384 x 1536 and 1 x 4096 x 4096)."""
+    return min((16, 32, 64), key=lambda bs: (-(-k // bs) * bs, -bs))
 
 
 def _rewrite_int8_weight_matmul(graph: Graph, ctx: PassContext, node: int) -> bool:
@@ -407,7 +422,8 @@ def _rewrite_int8_weight_matmul(graph: Graph, ctx: PassContext, node: int) -> bo
     if attrs["epilogue"] is not None or attrs["trans_a"]:
         return False
     a_value, b_value = graph.inputs_of(node)
-    if graph.dtype_of(a_value) is not DType.FLOAT32 or graph.type_of(a_value).rank < 1:
+    if graph.dtype_of(a_value) is not DType.FLOAT32 or graph.type_of(a_value).rank < 1 \
+            or graph.constant_value(a_value) is not None:  # all constant: it folds
         return False
     dq = _dequantized(graph, b_value)
     if dq is None or graph.type_of(dq[0]).rank != 2:
@@ -423,7 +439,8 @@ def _rewrite_int8_weight_matmul(graph: Graph, ctx: PassContext, node: int) -> bo
     k = q.shape[0]
     block_size = _block_size_for(k)
     blocks = -(-k // block_size)
-    per_block = [np.broadcast_to(np.reshape(x, (-1,)) if x.size > 1 else x.reshape(()), (blocks, n))
+    # one value per column (or one for all), the same in every block
+    per_block = [np.broadcast_to(x.reshape(-1) if x.size > 1 else x.reshape(()), (blocks, n))
                  for x in arrays[1:]]
     packed, scales, zeros = pack_block_weights(q, *per_block, bits=8, block_size=block_size)
     result = _try(graph, ctx, "BlockQuantMatMul",
@@ -467,7 +484,7 @@ def _rewrite_int8_gather(graph: Graph, ctx: PassContext, node: int) -> bool:
     the gathered int8 rows: the table stays 8-bit and only the rows read are widened."""
     data, indices = graph.inputs_of(node)
     dq = _dequantized(graph, data)
-    if dq is None:
+    if dq is None or graph.constant_value(indices) is not None:  # constant rows: they fold
         return False
     q, scale, zero = dq
     params = [graph.constant_value(v) for v in (scale, zero)]
@@ -490,3 +507,62 @@ def _rewrite_int8_gather(graph: Graph, ctx: PassContext, node: int) -> bool:
         return False
     _replace(graph, node, result)
     return True
+
+
+# -- MaxPool ----------------------------------------------------------------------------------
+def _rewrite_maxpool(graph: Graph, ctx: PassContext, node: int) -> bool:
+    """QuantizeLinear(MaxPool(DequantizeLinear(q, s, z)), s, z) -> MaxPool(q), per tensor.
+    Exact: for s > 0 dequantizing is increasing, so the max commutes with it (a window with
+    no real element gives -inf, which saturates to the type's minimum, the integer pool's
+    identity), and quantizing (q - z) * s back with the same s and z gives q: |q - z| <= 255
+    and both roundings are relative 2^-24 while s, 255 * s stay normal floats. The float
+    MaxPool stays for any other user."""
+    if len(graph.output_types(node)) != 1:  # the indices output: not on integers
+        return False
+    dq = _dequantized(graph, graph.inputs_of(node)[0])
+    if dq is None:
+        return False
+    q, scale, zero = dq
+    if not (_is_scalar(graph, scale) and _is_scalar(graph, zero)) \
+            or not _positive_normal(graph.constant_value(scale)):
+        return False
+    result = Value(node, 0)
+    pooled: Value | None = None
+    for use in graph.users_of(result):
+        user = use.node
+        if graph.op(user) != "QuantizeLinear" or use.port != 0:
+            continue
+        _, q_scale, q_zero = graph.inputs_of(user)
+        if graph.dtype_of(q_zero) is not graph.dtype_of(q) \
+                or graph.type_of(Value(user, 0)).shape != graph.type_of(result).shape \
+                or not (_same_scalar(graph, q_scale, scale)
+                        and _same_scalar(graph, q_zero, zero)):
+            continue
+        if pooled is None:
+            pooled = _try(graph, ctx, "MaxPool", [q], dict(graph.attrs(node)),
+                          graph.node_name(node))
+            if pooled is None:
+                return False
+        graph.replace_all_uses(Value(user, 0), pooled)
+        graph.remove_node(user)
+    if pooled is None:
+        return False
+    remove_dead(graph, node)
+    return True
+
+
+def _positive_normal(scale: np.ndarray | None) -> bool:
+    """A constant scale s with s and 255 * s positive normal float32 numbers."""
+    if scale is None:
+        return False
+    s = np.float32(scale.reshape(()))
+    return bool(np.finfo(np.float32).tiny <= s and np.isfinite(np.float32(255) * s))
+
+
+def _same_scalar(graph: Graph, a: Value, b: Value) -> bool:
+    """The same value, or constants of one dtype and equal value."""
+    if a == b:
+        return True
+    x, y = graph.constant_value(a), graph.constant_value(b)
+    return x is not None and y is not None and x.dtype == y.dtype \
+        and x.size == y.size == 1 and x.reshape(()) == y.reshape(())

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import ember
 from ember.frontends.builder import GraphBuilder
 from ember.ir import DType, Graph, Value
-from tests.harness import assert_close
+from tests.harness import TOLERANCE, assert_close
 from tests.strategies import array_for
 
 F32 = np.float32
@@ -47,7 +47,15 @@ def compare(graph: Graph, target: str, opt_level: int = 3) -> tuple[Counter, emb
                           verify_passes=True)
     got = model(**feeds)
     for name, expected in reference.items():
-        assert_close(got[name], expected, name)
+        # O3 reassociates sums (BatchNorm folded into weights, epilogues in the store): an
+        # element that cancels to far below its terms moves by float32 rounding of the terms,
+        # so the absolute tolerance scales with the output's largest magnitude.
+        tolerance = None
+        if expected.dtype.kind == "f":
+            rtol, atol = TOLERANCE[DType.from_numpy(expected.dtype)]
+            scale = float(np.nanmax(np.abs(expected), initial=0.0))
+            tolerance = (rtol, atol * max(1.0, scale))
+        assert_close(got[name], expected, name, tolerance)
     ops = Counter(model.graph.op(n) for n in model.graph.nodes()
                   if model.graph.op(n) not in ("Input", "Constant"))
     return ops, model

@@ -38,6 +38,12 @@ def indices(seed: int, shape: tuple[int, ...], bound: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, bound, size=shape).astype(np.int64)
 
 
+def tuples(seed: int, lead: tuple[int, ...], dims: tuple[int, ...]) -> np.ndarray:
+    """GatherND indices of shape lead + (len(dims),), negative half the time."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(-d, d, size=lead) for d in dims], axis=-1).astype(np.int64)
+
+
 @dataclass(frozen=True)
 class Case:
     op: str
@@ -115,6 +121,10 @@ CASES = [
     Case("Pad", lambda: [f32(74, 3, 5)], {"pads": (1, 2, 0, 1), "mode": "reflect"}),
     Case("Gather", lambda: [f32(75, 5, 7), indices(76, (3, 2), 7)], {"axis": 1}),
     Case("GatherElements", lambda: [f32(77, 5, 7), indices(78, (5, 3), 7)], {"axis": 1}),
+    # batch_dims 1, negative indices; rows of 17 (2-D launch) and of 1 element
+    Case("GatherND", lambda: [f32(101, 2, 5, 3, 17), tuples(102, (2, 4), (5, 3))],
+         {"batch_dims": 1}),
+    Case("GatherND", lambda: [f32(103, 5, 7), tuples(104, (3,), (5, 7))], name="scalars"),
     Case("OneHot", lambda: [indices(79, (5,), 7)],
          {"depth": 7, "values": np.array([0.0, 1.0], np.float32)}),
     Case("Trilu", lambda: [f32(80, 5, 7)], {"upper": 0, "k": 1}),
@@ -133,6 +143,11 @@ CASES = [
                                       f32(93, 13, 3, low=0.01, high=0.1),
                                       array_for(94, (13, 3), U8, low=0, high=0.6)],
          {"bits": 4, "block_size": 16, "k": 37, "n": 13}),
+    # prefill rows: the CPU family's panel GEMM (qgemm_cpu), the GPU's row loop
+    Case("BlockQuantMatMul", lambda: [f32(105, 9, 37), array_for(106, (13, 3, 8), U8),
+                                      f32(107, 13, 3, low=0.01, high=0.1),
+                                      array_for(108, (13, 3), U8, low=0, high=0.6)],
+         {"bits": 4, "block_size": 16, "k": 37, "n": 13}, name="prefill"),
     Case("QuantizeLinear", lambda: [f32(95, 3, 37, low=-50, high=50), f32(96, 37, low=0.1),
                                     array_for(97, (37,), U8)]),
     Case("DequantizeLinear", lambda: [array_for(98, (3, 37), I8), f32(99, 37, low=0.1),

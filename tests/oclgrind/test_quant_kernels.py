@@ -1,7 +1,8 @@
 """The quantized kernels' tunable kinds on Oclgrind: every candidate of a spread of each
 space ("igemm_cpu" on a MatMulInteger and strided, padded, grouped ConvIntegers, with few
 input channels (im2col rows) and more, with packed and unpacked B; "qgemv" and "qgemm" on
-int4 and int8 BlockQuantMatMul with a partial last block) computes the numpy reference
+int4 and int8 BlockQuantMatMul with a partial last block; "qgemm_cpu", the prefill panel
+GEMM) computes the numpy reference
 through the tuner's own path, without one invalid access; the integer products with a
 dtype-changing epilogue on every family; the CPU family's vector stores of integer products
 and a quantized elementwise region. The kernels' plain cases are in test_kernels.py."""
@@ -11,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ember.codegen.kernels.qgemm_cpu import PREFILL_MIN_ROWS
 from ember.codegen.params import search_space
 from ember.codegen.types import NodeSpec
 from ember.ir import OPS, DType, TensorType
@@ -18,8 +20,8 @@ from ember.ir.ops.fused import ExprNode, FusedExpr
 from ember.runtime.device import resolve_target
 from ember.tuning.tuner import TuneBudget, Tuner
 from tests.harness import check_op
-from tests.ops.test_quant_kernels import accumulation_tolerance
 from tests.oclgrind.conftest import FAMILY_NAMES
+from tests.ops.test_quant_kernels import accumulation_tolerance
 from tests.strategies import array_for
 
 pytestmark = pytest.mark.oclgrind
@@ -52,10 +54,16 @@ SPACES = {
         "BlockQuantMatMul", [((1, 197), F32), ((13, 13, 8), U8), ((13, 13), F32),
                              ((13, 13), U8)],
         {"bits": 4, "block_size": 16, "k": 197, "n": 13}, True), 14),
-    "qgemm-int8": ("qgemm", spec(
-        "BlockQuantMatMul", [((7, 167), F32), ((13, 11, 16), U8), ((13, 11), F32),
+    "qgemm-int8": ("qgemm", spec(  # rows below PREFILL_MIN_ROWS: the row loop everywhere
+        "BlockQuantMatMul", [((3, 167), F32), ((13, 11, 16), U8), ((13, 11), F32),
                              ((13, 11), U8)],
         {"bits": 8, "block_size": 16, "k": 167, "n": 13}, True), 16),
+    # the panel GEMM: 21 rows (bands, partial tiles), N = 19 (a vector and a partial one),
+    # K = 300 in blocks of 32 (chunks of 64..512 values, the last partial, a padded block)
+    "qgemm_cpu-int4": ("qgemm_cpu", spec(
+        "BlockQuantMatMul", [((21, 300), F32), ((19, 10, 16), U8), ((19, 10), F32),
+                             ((19, 10), U8)],
+        {"bits": 4, "block_size": 32, "k": 300, "n": 19}, True), 12),
 }
 
 
@@ -136,3 +144,29 @@ def test_block_quant_matmul_float16(bits):
     attrs = {"bits": bits, "block_size": bs, "k": k, "n": n}
     check_op("BlockQuantMatMul", arrays, attrs, target="oclgrind@cpu",
              tolerance=accumulation_tolerance(arrays, attrs))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_block_quant_matmul_prefill_on_the_cpu_family(bits):
+    """The panel GEMM (rows past PREFILL_MIN_ROWS on the CPU family): float16 A and scales,
+    K over two chunks with a partial block; float32 with an epilogue (bias Add, Relu) on
+    vectors of columns and on the columns past them."""
+    k, n, bs = 9 * 32 + 7, 21, 32
+    nb = -(-k // bs)
+    f16 = DType.FLOAT16
+    arrays = [array_for(21, (PREFILL_MIN_ROWS + 3, k), f16),
+              array_for(22, (n, nb, bs * bits // 8), U8),
+              array_for(23, (n, nb), f16, low=0.01, high=0.1), array_for(24, (n, nb), U8)]
+    attrs = {"bits": bits, "block_size": bs, "k": k, "n": n}
+    check_op("BlockQuantMatMul", arrays, attrs, target="oclgrind@cpu",
+             tolerance=accumulation_tolerance(arrays, attrs))
+
+    def node(op, args, dtype, **attrs):
+        return ExprNode(op, args, OPS[op].make_attrs(attrs), dtype)
+
+    arrays = [array_for(25, (2, PREFILL_MIN_ROWS, k), F32), arrays[1],
+              array_for(26, (n, nb), F32, low=0.01, high=0.1), arrays[3]]
+    tolerance = accumulation_tolerance(arrays, attrs)
+    expr = FusedExpr(2, (node("Add", (0, 1), F32), node("Relu", (2,), F32)), (3,))
+    check_op("BlockQuantMatMul", [*arrays, array_for(27, (n,), F32)],
+             {**attrs, "epilogue": expr}, target="oclgrind@cpu", tolerance=tolerance)

@@ -9,7 +9,9 @@ graph input (O0: packed by a kernel) and from a constant (O2: packed at compile 
 with an epilogue that changes the dtype (int32 -> float -> scale, bias, Relu ->
 QuantizeLinear -> uint8). BlockQuantMatMul (4 and 8 bits, float32 and float16 A) within the
 float32 accumulation bound 2 * (K + 1) * u * max(|a| @ |w|^T) (Higham 3.1), over the dtype's
-TOLERANCE row, on every path of its K loop, and exact where every weight is its zero point.
+TOLERANCE row, on every path of its K loop, and exact where every weight is its zero point;
+from one row to past the prefill threshold (the row loop, then the panel GEMM on CPUs: its
+bands, partial tiles, chunks of K and vector stores with an epilogue).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from hypothesis import given, settings, strategies as st
 
 import ember
 from ember.codegen.mathlib import HELPER_WIDTHS, HELPERS, QUOTIENT_CORRECTION
+from ember.codegen.kernels.qgemm_cpu import DEFAULT_QGEMM_CPU_PARAMS, PREFILL_MIN_ROWS
 from ember.codegen.types import Kernel
 from ember.frontends.builder import GraphBuilder
 from ember.ir import OPS, DType
@@ -412,3 +415,67 @@ def test_block_quant_matmul_zero_weights_are_exact():
     zeros = np.full_like(arrays[3], 11)
     arrays = [arrays[0], np.full_like(arrays[1], 0xBB), arrays[2], zeros]
     check_op("BlockQuantMatMul", arrays, attrs, target=TARGET, tolerance=(0.0, 0.0))
+
+
+# Prefill: from PREFILL_MIN_ROWS rows on, devices that run register-tiled kernels take the
+# panel GEMM of qgemm_cpu (the other devices keep the row loop of qgemv_cpu).
+def register_tiles() -> bool:
+    return next(d for d in ember.devices() if d.target == TARGET).family.register_tiles
+
+
+def product_kernels(model) -> list[str]:
+    return [k.name for s in model.plan.steps if s.op == "BlockQuantMatMul"
+            for k in s.lowered.kernels]
+
+
+def assert_path(model, rows: int) -> None:
+    """The kernels that ran are the ones `prefill_applies` picks for this many rows."""
+    panel = register_tiles() and rows >= PREFILL_MIN_ROWS
+    names = product_kernels(model)
+    assert names and all(name.startswith("qgemm_cpu") == panel for name in names), names
+
+
+@FEW
+@given(seed=st.integers(0, 2**16),
+       rows=st.integers(1, 3 * PREFILL_MIN_ROWS),
+       batch=st.sampled_from([(), (2,)]),
+       case=st.sampled_from([  # N, K, bits, block size
+           (7, 37, 4, 16),       # N within one vector, K a partial block group
+           (17, 100, 4, 32),     # a vector and one column, K % block size = 4
+           (40, 600, 4, 64),     # K over three chunks of the panel, the last partial
+           (9, 3, 8, 64),        # K shorter than one block
+           (16, 13 * 16 + 5, 8, 16),
+           (5, 300, 4, 256)]),   # a block longer than a chunk of 256 values
+       dtype=st.sampled_from([np.float32, np.float16]))
+def test_block_quant_matmul_rows_across_the_prefill_threshold(seed, rows, batch, case, dtype):
+    """One row to three times the threshold (and a batch of them), float32 and float16 A:
+    the reference within the accumulation bound, on the path the rule picks."""
+    rng = np.random.default_rng(seed)
+    n, k, bits, bs = case
+    arrays, attrs = block_quant_case(rng, batch + (rows,), n, k, bits, bs, dtype)
+    model = check_op("BlockQuantMatMul", arrays, attrs, target=TARGET,
+                     tolerance=accumulation_tolerance(arrays, attrs))
+    assert_path(model, rows * (2 if batch else 1))
+
+
+def test_block_quant_matmul_prefill_bands_and_epilogue():
+    """Rows over several bands and a partial last tile; an epilogue (bias Add, Relu) run on
+    vectors of 8 columns inside C and one column at a time past them."""
+    rng = np.random.default_rng(11)
+    rows, n, k = 2 * DEFAULT_QGEMM_CPU_PARAMS.tb * DEFAULT_QGEMM_CPU_PARAMS.mr + 5, 21, 160
+    arrays, attrs = block_quant_case(rng, (rows,), n, k, 4, 32)
+    expr = FusedExpr(2, (node("Add", (0, 1), F32), node("Relu", (2,), F32)), (3,))
+    arrays.append(rng.uniform(-1, 1, (n,)).astype(np.float32))
+    rtol, atol = accumulation_tolerance(arrays[:4], attrs)
+    model = check_op("BlockQuantMatMul", arrays, {**attrs, "epilogue": expr}, target=TARGET,
+                     tolerance=(rtol, atol))
+    assert_path(model, rows)
+
+
+def test_block_quant_matmul_prefill_zero_weights_are_exact():
+    """Every weight at its zero point, many rows: the panel holds exact zeros."""
+    rng = np.random.default_rng(5)
+    arrays, attrs = block_quant_case(rng, (3 * PREFILL_MIN_ROWS,), 19, 4 * 64 + 3, 4, 32)
+    arrays = [arrays[0], np.full_like(arrays[1], 0x77), arrays[2], np.full_like(arrays[3], 7)]
+    model = check_op("BlockQuantMatMul", arrays, attrs, target=TARGET, tolerance=(0.0, 0.0))
+    assert_path(model, 3 * PREFILL_MIN_ROWS)

@@ -8,7 +8,8 @@ Where the kernel of an op is (module -> ops; its template in codegen/templates/)
     views           Identity (an alias: no kernel)
     movement        Reshape, Transpose, Slice, Expand, Tile, DepthToSpace, SpaceToDepth,
                     Concat, Split, Pad                            movement.cl.j2, pad.cl.j2
-    gather          Gather, GatherElements, OneHot, Trilu         gather / onehot / trilu
+    gather          Gather, GatherElements, GatherND, OneHot, Trilu  gather / gather_nd /
+                                                                  onehot / trilu
     resize          Resize                                        resize.cl.j2
     reduce          Reduce*                                       reduce.cl.j2
     axis_ops        ArgMax, ArgMin, CumSum                        argreduce / cumsum
@@ -27,8 +28,10 @@ Where the kernel of an op is (module -> ops; its template in codegen/templates/)
     attention       Attention (fused), kind "attention"           attention.cl.j2
     igemm_cpu       the CPU integer GEMM (pairs of int16), kind "igemm_cpu"  igemm_cpu.cl.j2
     igemm           MatMulInteger, ConvInteger (strategy choice; GPU: the tiled GEMM)
-    qgemv_cpu       BlockQuantMatMul (4/8-bit weights in blocks), kinds "qgemv" and
-                    "qgemm"                                       qgemv_cpu.cl.j2
+    qgemv_cpu       BlockQuantMatMul's row loop (4/8-bit weights in blocks), kinds "qgemv"
+                    and "qgemm"                                   qgemv_cpu.cl.j2
+    qgemm_cpu       BlockQuantMatMul (its builder; prefill on CPUs: a GEMM dequantizing
+                    its B panels in private memory), kind "qgemm_cpu"  qgemm_cpu.cl.j2
 """
 
 from ember.codegen.kernels import (  # noqa: F401  (registration happens on import)
@@ -55,4 +58,5 @@ from ember.codegen.kernels import (  # noqa: F401  (registration happens on impo
     igemm_cpu,
     igemm,
     qgemv_cpu,
+    qgemm_cpu,
 )

@@ -1,6 +1,6 @@
-"""Kernels of the selecting movement ops: Gather, GatherElements (`gather.cl.j2`), OneHot
-(`onehot.cl.j2`) and Trilu (`trilu.cl.j2`). Data is moved as unsigned integers of its
-element size, so one kernel serves every dtype of that size."""
+"""Kernels of the selecting movement ops: Gather, GatherElements (`gather.cl.j2`), GatherND
+(`gather_nd.cl.j2`), OneHot (`onehot.cl.j2`) and Trilu (`trilu.cl.j2`). Data is moved as
+unsigned integers of its element size, so one kernel serves every dtype of that size."""
 
 from __future__ import annotations
 
@@ -52,6 +52,31 @@ def build_gather(spec: NodeSpec, target: Target) -> Lowered:
         source = render("gather.cl.j2", name=name, kind="elements", axis=axis, two_d=False,
                         shape=out.shape, data_strides=strides,
                         label=f"elements of {data.shape} axis {axis}", **common)
+    return _launch(name, source, out.size, ((IN, 0), (IN, 1), (OUT, 0)))
+
+
+@kernel_builder("GatherND")
+def build_gather_nd(spec: NodeSpec, target: Target) -> Lowered:
+    data, indices = spec.inputs
+    out = spec.outputs[0]
+    b = spec.attrs["batch_dims"]
+    depth = indices.shape[-1]
+    dims = data.shape[b:b + depth]
+    inner = math.prod(data.shape[b + depth:])
+    params = {
+        "ctype": storage_type(data.dtype), "itype": indices.dtype.cl_name, "size": out.size,
+        "idx": index_type(out.size, data.size, indices.size), "dims": dims, "inner": inner,
+        "strides": contiguous_strides(data.shape)[b:b + depth],
+        "batch_stride": math.prod(data.shape[b:]),
+        "tuples": max(math.prod(indices.shape[b:-1]), 1), "two_d": inner >= 16,
+    }
+    name = kernel_name("gather_nd", params)
+    source = render("gather_nd.cl.j2", name=name, label=f"{data.shape} by {indices.shape}, "
+                    f"batch_dims {b}", **params)
+    if params["two_d"] and out.size:
+        launch = Launch(Kernel(name, source), (inner, out.size // inner), None,
+                        ((IN, 0), (IN, 1), (OUT, 0)))
+        return Lowered((launch,))
     return _launch(name, source, out.size, ((IN, 0), (IN, 1), (OUT, 0)))
 
 

@@ -10,7 +10,9 @@ by a copy of A that a small first kernel writes ("prep", A scaled by the powers 
 in-place values carry). The zero point is subtracted per value, so the result keeps the
 float32 accumulation bound of the reference (not the looser one of folding the zero point
 into a sum of A). More rows of A (prefill) run the same loop over MR rows per work-item,
-unpacking W once per MR rows.
+unpacking W once per MR rows; that re-reads A for every column and stays slower than the
+float32 GEMM from 16 rows on, so on CPUs qgemm_cpu.py's panel GEMM takes prefill (its
+builder of the op calls `build_block_quant_matmul` for the rest).
 
 Two tunable kinds share `QgemvParams`: "qgemv" (one row of A) and "qgemm" (more rows).
 The kernels are plain OpenCL with work-groups of one work-item, so they also run on GPUs,
@@ -28,15 +30,24 @@ from ember.codegen.families import Target
 from ember.codegen.kernels.elementwise import extensions_for, load_expr
 from ember.codegen.kernels.epilogue import epilogue_code
 from ember.codegen.params import (
-    Checked, ParamKind, accumulators_fit, params_for, register_kind, tuning_key,
+    Checked,
+    ParamKind,
+    accumulators_fit,
+    params_for,
+    register_kind,
+    tuning_key,
 )
-from ember.codegen.registry import kernel_builder
 from ember.codegen.render import kernel_name, render
 from ember.codegen.types import IN, OUT, TMP, Kernel, Launch, Lowered, NodeSpec
 from ember.ir import DType
 
-__all__ = ["QgemvParams", "DEFAULT_QGEMV_PARAMS", "DEFAULT_QGEMM_PARAMS", "QuantLayout",
-           "build_block_quant_matmul"]
+__all__ = [
+    "DEFAULT_QGEMM_PARAMS",
+    "DEFAULT_QGEMV_PARAMS",
+    "QgemvParams",
+    "QuantLayout",
+    "build_block_quant_matmul",
+]
 
 LANES = 8  # float lanes of one accumulator (and uint lanes of one 32-byte chunk of W)
 CHUNK_BYTES = 32
@@ -58,15 +69,16 @@ class QgemvParams(Checked):
         return LANES
 
     def live_vectors(self) -> int:
-        """Vectors a work-item holds in its K loop: MR x NV accumulators, MR step sums
-        (DQ = 0), and W's lanes (U and its sources) and one value (the zero points and scales are
-        operands that may as well stay in memory)."""
-        return self.mr * self.nv + (0 if self.dq else self.mr) + 4
+        """Vectors a work-item holds in its K loop: MR accumulators of the current column,
+        MR step sums (DQ = 0), and W's lanes (U and a source) and one value; the columns run
+        one at a time, so NV adds none (the zero points and scales are operands that may as
+        well stay in memory)."""
+        return self.mr * (1 if self.dq else 2) + 4
 
     def violations(self, itemsize: int = 4) -> list[str]:
         rules = [
             (self.mr >= 1 and self.nv >= 1, "mr >= 1 and nv >= 1: rows of A and outputs"),
-            (self.mr * self.nv <= 32, "mr * nv <= 32: the accumulators must fit the registers"),
+            (self.mr * self.nv <= 64, "mr * nv <= 64: the sums wait in a private array"),
             (self.dq in (0, 1), "dq in (0, 1): scale the step sums or each weight"),
         ]
         return [reason for ok, reason in rules if not ok]
@@ -164,8 +176,9 @@ _SMALL_QGEMV = QgemvParams(mr=1, nv=2, dq=0)
 _SMALL_QGEMM = QgemvParams(mr=2, nv=1, dq=1)
 
 
-@kernel_builder("BlockQuantMatMul")
 def build_block_quant_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
+    """The row-loop lowering (qgemv_cpu.cl.j2): every device, any rows; qgemm_cpu's
+    builder of the op calls it except for prefill on CPUs."""
     a, _, scales, _ = spec.inputs[:4]
     out = spec.outputs[0]
     if a.dtype not in (DType.FLOAT32, DType.FLOAT16):
@@ -191,15 +204,16 @@ def build_block_quant_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
              "__global const uchar* restrict zeros",
              f"__global {out.dtype.cl_name}* restrict c", *epilogue.declarations)
     name = kernel_name("qgemv", spec.inputs, out, attrs.key(), params)
-    values = dict(
-        p=params, bits=bits, bs=bs, bpb=bs * bits // 8, nblocks=layout.nblocks, k=k, n=n,
-        rows=rows, idx=idx, a_type=a_type, npl=layout.npl, ck=layout.ck, ka=layout.kd,
-        kd=layout.kd, steps=layout.steps, groups=layout.groups,
-        group_steps=layout.group_steps, bps=layout.bps, cps=layout.cps, lpb=layout.lpb,
-        sources=layout.sources, positions=layout.positions(),
-        offsets=sorted({pos.o for pos in layout.positions()}),
-        label=f"BlockQuantMatMul {a} x int{bits}[{n},{k}] blocks of {bs} -> {out}"
-              f"{epilogue.label}")
+    values = {
+        "p": params, "bits": bits, "bs": bs, "bpb": bs * bits // 8, "nblocks": layout.nblocks,
+        "k": k, "n": n, "rows": rows, "idx": idx, "a_type": a_type, "npl": layout.npl,
+        "ck": layout.ck, "ka": layout.kd, "kd": layout.kd, "steps": layout.steps,
+        "groups": layout.groups, "group_steps": layout.group_steps, "bps": layout.bps,
+        "cps": layout.cps, "lpb": layout.lpb, "sources": layout.sources,
+        "positions": layout.positions(),
+        "offsets": sorted({pos.o for pos in layout.positions()}),
+        "label": f"BlockQuantMatMul {a} x int{bits}[{n},{k}] blocks of {bs} -> {out}"
+                 f"{epilogue.label}"}
     source = render(
         "qgemv_cpu.cl.j2", kind="main", name=name, params=decls,
         scale=lambda off: load_expr(scales.dtype, "scales", off),
@@ -225,7 +239,7 @@ def build_block_quant_matmul(spec: NodeSpec, target: Target) -> Lowered | None:
 
 # -- the tunable kinds, registered beside their params -------------------------------------
 # Two of `live_vectors` (a W lane and a value) are the two the rule keeps free.
-_RULES = (accumulators_fit("mr * nv + mr * (1 - dq) + 2", lambda p: p.live_vectors() - 2),)
+_RULES = (accumulators_fit("(mr * (2 - dq) + 2)", lambda p: p.live_vectors() - 2),)
 _AXES = (("mr", (1, 2, 3, 4, 6, 8)), ("nv", (1, 2, 3, 4, 6, 8)), ("dq", (0, 1)))
 QGEMV_KIND = register_kind(ParamKind(
     "qgemv", QgemvParams,
