@@ -163,14 +163,21 @@ def _block_dequantize(x, scale, zero, *, axis: int, block_size: int):
                                 expand_blocks(zero, axis, block_size, n))
 
 
+def _operands(inputs: Sequence[TensorType], epilogue, op: str, names: str
+              ) -> Sequence[TensorType]:
+    """The four operands of an integer or blocked product, after checking that the rest
+    are its epilogue's inputs."""
+    if len(inputs) != 4 + epilogue_inputs(epilogue):
+        raise ShapeError(f"{op} takes {names} and {epilogue_inputs(epilogue)} epilogue "
+                         f"input(s), got {len(inputs)}")
+    return inputs[:4]
+
+
 # -- MatMulInteger ----------------------------------------------------------------------------
 def _infer_matmul_integer(inputs: Sequence[TensorType], attrs: Attrs
                           ) -> tuple[TensorType, ...]:
     epilogue = attrs["epilogue"]
-    if len(inputs) != 4 + epilogue_inputs(epilogue):
-        raise ShapeError(f"MatMulInteger takes A, B, a_zero, b_zero and "
-                         f"{epilogue_inputs(epilogue)} epilogue input(s), got {len(inputs)}")
-    a, b, a_zero, b_zero = inputs[:4]
+    a, b, a_zero, b_zero = _operands(inputs, epilogue, "MatMulInteger", "A, B, a_zero, b_zero")
     _require(a, INTEGER_OPERAND_TYPES, "MatMulInteger", "input A")
     _require(b, INTEGER_OPERAND_TYPES, "MatMulInteger", "input B")
     dims = matmul_dims(a.shape, b.shape)
@@ -206,10 +213,7 @@ def _matmul_integer(a, b, a_zero, b_zero, *extras, epilogue=None) -> np.ndarray:
 # -- ConvInteger ------------------------------------------------------------------------------
 def _infer_conv_integer(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
     epilogue = attrs["epilogue"]
-    if len(inputs) != 4 + epilogue_inputs(epilogue):
-        raise ShapeError(f"ConvInteger takes X, W, x_zero, w_zero and "
-                         f"{epilogue_inputs(epilogue)} epilogue input(s), got {len(inputs)}")
-    x, w, x_zero, w_zero = inputs[:4]
+    x, w, x_zero, w_zero = _operands(inputs, epilogue, "ConvInteger", "X, W, x_zero, w_zero")
     _require(x, INTEGER_OPERAND_TYPES, "ConvInteger", "input X")
     _require(w, INTEGER_OPERAND_TYPES, "ConvInteger", "input W")
     g = conv_geometry(x.shape, w.shape, attrs)
@@ -245,10 +249,7 @@ def unpack_block_weights(w: np.ndarray, bits: int, k: int) -> np.ndarray:
 def _infer_block_quant_matmul(inputs: Sequence[TensorType], attrs: Attrs
                               ) -> tuple[TensorType, ...]:
     epilogue = attrs["epilogue"]
-    if len(inputs) != 4 + epilogue_inputs(epilogue):
-        raise ShapeError(f"BlockQuantMatMul takes A, W, scales, zeros and "
-                         f"{epilogue_inputs(epilogue)} epilogue input(s), got {len(inputs)}")
-    a, w, scales, zeros = inputs[:4]
+    a, w, scales, zeros = _operands(inputs, epilogue, "BlockQuantMatMul", "A, W, scales, zeros")
     bits, block_size, k, n = attrs["bits"], attrs["block_size"], attrs["k"], attrs["n"]
     if block_size < 16 or block_size & (block_size - 1):
         raise ShapeError(f"BlockQuantMatMul block_size must be a power of two >= 16, got "
