@@ -32,14 +32,13 @@ device nothing is fused, since the numpy executor gains nothing from it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import networkx as nx
 import numpy as np
 
 from ember.ir import OPS, DType, Graph, Value
 from ember.ir.ops.fused import ExprNode, FusedExpr, epilogue_inputs
-from ember.lowering.passes import PassContext, PassResult
+from ember.lowering.passes import PassContext, PassResult, try_node
 
 __all__ = ["FuseElementwise", "FuseEpilogues", "FoldTransposeIntoMatMul", "EPILOGUE_OPS"]
 
@@ -61,16 +60,6 @@ def _as_expr(graph: Graph, node: int) -> FusedExpr:
         return graph.attrs(node)["expr"]
     return FusedExpr.single(graph.op(node), graph.attrs(node), len(graph.inputs_of(node)),
                             graph.output_types(node)[0].dtype)
-
-
-def _try_node(graph: Graph, ctx: PassContext, op: str, inputs: Sequence[Value],
-              attrs: dict, name: str) -> int | None:
-    """Add a node; keep it only when the target has a kernel for it."""
-    node = graph.add_node(op, inputs, attrs, name=name)
-    if ctx.supports is not None and ctx.supports(graph, node):
-        return node
-    graph.remove_node(node)
-    return None
 
 
 # -- elementwise regions ----------------------------------------------------------------------
@@ -151,7 +140,7 @@ def _fuse_region(graph: Graph, ctx: PassContext, members: list[int]) -> bool:
     expr = FusedExpr(len(inputs), tuple(exprs), tuple(index[v] for v in escaping))
     name = graph.node_name(members[-1])
     name = name if name.endswith("/fused") else name + "/fused"
-    fused = _try_node(graph, ctx, "FusedElementwise", inputs, {"expr": expr}, name)
+    fused = try_node(graph, ctx, "FusedElementwise", inputs, {"expr": expr}, name)
     if fused is None:
         return False
     for port, value in enumerate(escaping):
@@ -267,7 +256,7 @@ def _drop_unused_outputs(graph: Graph, ctx: PassContext, node: int) -> None:
         return
     smaller = _without_dead_nodes(
         FusedExpr(expr.n_inputs, expr.nodes, tuple(expr.outputs[p] for p in kept)))
-    new = _try_node(graph, ctx, "FusedElementwise", graph.inputs_of(node),
+    new = try_node(graph, ctx, "FusedElementwise", graph.inputs_of(node),
                     {"expr": smaller}, graph.node_name(node))
     if new is None:
         return
@@ -371,7 +360,7 @@ class FuseEpilogues:
         final = args[out_index] if out_index < user_expr.n_inputs else \
             base + out_index - user_expr.n_inputs
         epilogue = FusedExpr(n_in, tuple(nodes), (final,))
-        new = _try_node(graph, ctx, graph.op(node), [*inputs[:n_base], *extras],
+        new = try_node(graph, ctx, graph.op(node), [*inputs[:n_base], *extras],
                         dict(attrs.replace(epilogue=epilogue)), graph.node_name(user))
         if new is None:
             _remove_new_views(graph, at_product)

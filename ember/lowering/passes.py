@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ember.errors import EmberError, PassError
-from ember.ir import Graph, to_text, verify
+from ember.ir import Graph, Value, to_text, verify
 
 __all__ = [
     "Pass",
@@ -22,6 +22,7 @@ __all__ = [
     "PassRecord",
     "PassManager",
     "FixedPoint",
+    "try_node",
 ]
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,17 @@ class PassContext:
     family: str = "generic"
     supports: SupportsFn | None = None  # None: no device, everything runs on the host
     disabled: frozenset[str] = frozenset()
+
+
+def try_node(graph: Graph, ctx: PassContext, op: str, inputs: Sequence[Value], attrs: dict,
+             name: str) -> int | None:
+    """Add a node; keep it only when the target has a kernel for it (None: it was removed,
+    and so it is without a target)."""
+    node = graph.add_node(op, inputs, attrs, name=name)
+    if ctx.supports is not None and ctx.supports(graph, node):
+        return node
+    graph.remove_node(node)
+    return None
 
 
 class Pass(Protocol):

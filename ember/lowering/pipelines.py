@@ -9,7 +9,8 @@ from ember.lowering.fusion import FoldTransposeIntoMatMul, FuseElementwise, Fuse
 from ember.lowering.passes import FixedPoint, Pass
 from ember.lowering.patterns import PATTERN_PASSES
 from ember.lowering.placement import Place
-from ember.lowering.quant import FoldWidenedConstants, FuseQuantizedProducts
+from ember.lowering.quant import FuseQuantizedProducts
+from ember.lowering.weight_only import FoldWidenedConstants
 from ember.lowering.rules import ApplyRules
 from ember.lowering.simplify import (
     EliminateCommonSubexpressions,

@@ -16,7 +16,8 @@ from onnx import TensorProto, helper, numpy_helper
 import ember
 from ember.ir import OPS, DType, Graph, TensorType, Value, verify
 from ember.lowering import PassContext
-from ember.lowering.quant import FoldWidenedConstants, FuseQuantizedProducts
+from ember.lowering.quant import FuseQuantizedProducts
+from ember.lowering.weight_only import FoldWidenedConstants
 from ember.lowering.simplify import FoldConstants
 from ember.runtime.numpy import evaluate_graph
 from tests.harness import real_devices
