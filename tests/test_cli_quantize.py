@@ -4,7 +4,6 @@ refuses a calibration file that does not match the model's inputs, naming both."
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import onnx

@@ -15,7 +15,8 @@ from ember.ir import DType
 
 __all__ = ["index_type", "int_literal", "c_literal", "float_literal", "ctype_bytes",
            "contiguous_strides", "broadcast_strides", "half_load", "half_store",
-           "HALF_CALL_LANES"]
+           "HALF_CALL_LANES",
+           "compute_type", "pointer_type", "load_expr", "store_stmt", "extensions_for"]
 
 # Half tensors are stored as half and computed in float (no cl_khr_fp16 needed). A
 # conversion call takes at most 8 lanes: on CPUs PoCL's LLVM 14 aborts the process on
@@ -110,3 +111,29 @@ def half_store(lanes: int, value: str, pointer: str) -> str:
         return (half_store(part, f"({value}).lo", pointer) + " "
                 + half_store(part, f"({value}).hi", f"({pointer}) + {part}"))
     return f"vstore_half{lanes}({value}, 0, {pointer});"
+
+
+# -- element types ----------------------------------------------------------------------------------
+def compute_type(dtype: DType) -> str:
+    """The C type values of `dtype` are computed in (half is computed in float)."""
+    return "float" if dtype is DType.FLOAT16 else dtype.cl_name
+
+
+def pointer_type(dtype: DType) -> str:
+    return dtype.cl_name
+
+
+def load_expr(dtype: DType, pointer: str, offset: str) -> str:
+    if dtype is DType.FLOAT16:
+        return f"vload_half({offset}, {pointer})"
+    return f"{pointer}[{offset}]"
+
+
+def store_stmt(dtype: DType, pointer: str, offset: str, value: str) -> str:
+    if dtype is DType.FLOAT16:
+        return f"vstore_half({value}, {offset}, {pointer});"
+    return f"{pointer}[{offset}] = {value};"
+
+
+def extensions_for(dtypes: Sequence[DType]) -> frozenset[str]:
+    return frozenset({"cl_khr_fp64"}) if DType.FLOAT64 in dtypes else frozenset()

@@ -18,7 +18,6 @@ Two searches, both deterministic:
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass

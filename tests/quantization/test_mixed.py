@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from ember.errors import EmberError
 from ember.quantization.mixed import (
-    Budget, LayerCosts, evolve_plan, greedy_plan, plan_bits, plan_bytes, predicted_noise,
+    Budget, LayerCosts, evolve_plan, greedy_plan, plan_bits, predicted_noise,
 )
 
 

@@ -13,8 +13,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from ember.codegen.csrc import broadcast_strides, c_literal, contiguous_strides, half_load, half_store, index_type, int_literal
-from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
+from ember.codegen.csrc import (
+    broadcast_strides, c_literal, compute_type, contiguous_strides, extensions_for, half_load,
+    half_store, index_type, int_literal, load_expr, store_stmt,
+)
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder

@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ember.codegen.csrc import index_type
-from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
+from ember.codegen.csrc import compute_type, extensions_for, index_type, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder

@@ -18,10 +18,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ember.codegen.csrc import contiguous_strides, ctype_bytes, index_type
+from ember.codegen.csrc import (
+    compute_type, contiguous_strides, ctype_bytes, extensions_for, index_type, load_expr,
+)
 from ember.codegen.kernels.conv_depthwise import depthwise_cpu_lowered
 from ember.codegen.kernels.conv_rows import conv_rows_lowered, conv_rows_supported
-from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr
 from ember.codegen.kernels.epilogue import EpilogueCode, epilogue_code, vector_load
 from ember.codegen.families import Target
 from ember.codegen.kernels.gemm_cpu import (

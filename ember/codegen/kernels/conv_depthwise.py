@@ -36,8 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ember.codegen.csrc import half_load
-from ember.codegen.kernels.elementwise import extensions_for
+from ember.codegen.csrc import extensions_for, half_load
 from ember.codegen.kernels.epilogue import EpilogueCode
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.render import kernel_name, render

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ember.codegen.kernels.conv_depthwise import TapCode, plan_row, row_blocks
-from ember.codegen.kernels.elementwise import extensions_for
+from ember.codegen.csrc import extensions_for
 from ember.codegen.kernels.epilogue import EpilogueCode
 from ember.codegen.kernels.gemm_cpu import is_pointwise
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec

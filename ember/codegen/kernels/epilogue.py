@@ -1,16 +1,16 @@
 """Fused epilogues rendered into the store of a MatMul or Conv kernel.
 
 The kernel computes its product value; instead of writing it, it runs the epilogue's
-expression DAG (codegen/elementwise.py's C forms) on it and writes the result. The extra
+expression DAG (codegen/kernels/expressions.py's C forms) on it and writes the result. The extra
 inputs (bias, residual, scale, ...) are extra kernel parameters `ep0, ep1, ...`, read at the
 output element through broadcast strides decomposed from the output's flat offset.
 
 `EpilogueCode.vector_store` is the same on a vector of consecutive lanes along the kernel's
 vector direction (the CPU GEMM's full tiles): one coordinate decomposition per vector, each
 extra input read as one element for every lane, as contiguous lanes, or lane by lane, the
-expression on floatN (codegen/elementwise.py's vector forms), one vector store where the
+expression on floatN (expressions.py's vector forms), one vector store where the
 output is contiguous along the lanes, a scatter where it is not. Integer values (an int32
-product, zero points, a QuantizeLinear result) are held as floats (elementwise.vector_dag):
+product, zero points, a QuantizeLinear result) are held as floats (expressions.vector_dag):
 the kernel passes an integer product already converted, and an 8- or 16-bit integer output
 is converted back at the store (VSTORE then writes that integer vector). It is None (the
 kernel keeps the scalar store) where an op has no vector form, a value's type cannot be
@@ -22,10 +22,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ember.codegen.csrc import broadcast_strides, contiguous_strides
-from ember.codegen.kernels.elementwise import (
-    C_EXPRESSIONS, VECTOR_INTEGERS, compute_type, expression_supported, load_expr, pointer_type,
-    store_stmt, stored_vector, vector_dag, vector_type,
+from ember.codegen.csrc import (
+    broadcast_strides, compute_type, contiguous_strides, load_expr, pointer_type, store_stmt,
+)
+from ember.codegen.kernels.expressions import (
+    C_EXPRESSIONS, VECTOR_INTEGERS, expression_supported, stored_vector, vector_dag, vector_type,
 )
 from ember.ir import DType, TensorType
 from ember.ir.ops.fused import FusedExpr

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import math
 
-from ember.codegen.csrc import contiguous_strides, index_type
+from ember.codegen.csrc import contiguous_strides, index_type, load_expr
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
 from ember.codegen.render import kernel_name, render
-from ember.codegen.kernels.elementwise import load_expr
 from ember.codegen.kernels.movement import bits_literal, storage_type
 from ember.ir import DType
 

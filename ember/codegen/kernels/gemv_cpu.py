@@ -36,8 +36,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ember.codegen.csrc import ctype_bytes
-from ember.codegen.kernels.elementwise import extensions_for
+from ember.codegen.csrc import ctype_bytes, extensions_for
 from ember.codegen.kernels.epilogue import EpilogueCode
 from ember.codegen.families import Target
 from ember.codegen.kernels.gemm_cpu import (

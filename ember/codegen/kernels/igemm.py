@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import functools
 
-from ember.codegen.csrc import broadcast_strides, index_type
+from ember.codegen.csrc import broadcast_strides, extensions_for, index_type
 from ember.codegen.families import Target
 from ember.codegen.kernels.conv import _common as conv_template_values
-from ember.codegen.kernels.elementwise import extensions_for
 from ember.codegen.kernels.epilogue import EpilogueCode, epilogue_code
 from ember.codegen.kernels.igemm_cpu import igemm_conv_cpu, igemm_matmul_cpu
 from ember.codegen.kernels.matmul import gemm_launch, gemm_params

@@ -28,9 +28,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ember.codegen.csrc import contiguous_strides
+from ember.codegen.csrc import contiguous_strides, extensions_for
 from ember.codegen.families import Target
-from ember.codegen.kernels.elementwise import extensions_for
 from ember.codegen.kernels.epilogue import EpilogueCode
 from ember.codegen.kernels.gemm_cpu import batch_prologue
 from ember.codegen.params import (

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import math
 
-from ember.codegen.csrc import c_literal, index_type
-from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
+from ember.codegen.csrc import (
+    c_literal, compute_type, extensions_for, index_type, load_expr, store_stmt,
+)
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder

@@ -13,8 +13,9 @@ import logging
 import math
 from dataclasses import dataclass, replace
 
-from ember.codegen.csrc import broadcast_strides, index_type
-from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr
+from ember.codegen.csrc import (
+    broadcast_strides, compute_type, extensions_for, index_type, load_expr,
+)
 from ember.codegen.kernels.epilogue import EpilogueCode, epilogue_code
 from ember.codegen.families import Target
 from ember.codegen.kernels.gemm_cpu import (

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 
-from ember.codegen.csrc import broadcast_strides, float_literal, index_type, int_literal
-from ember.codegen.kernels.elementwise import extensions_for
+from ember.codegen.csrc import (
+    broadcast_strides, extensions_for, float_literal, index_type, int_literal,
+)
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder

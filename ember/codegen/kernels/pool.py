@@ -21,8 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ember.codegen.csrc import c_literal, index_type, int_literal
-from ember.codegen.kernels.elementwise import compute_type, extensions_for
+from ember.codegen.csrc import c_literal, compute_type, extensions_for, index_type, int_literal
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder

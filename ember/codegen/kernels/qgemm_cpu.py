@@ -39,9 +39,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ember.codegen.csrc import index_type
+from ember.codegen.csrc import extensions_for, index_type, load_expr
 from ember.codegen.families import Target
-from ember.codegen.kernels.elementwise import extensions_for, load_expr
 from ember.codegen.kernels.epilogue import epilogue_code
 from ember.codegen.kernels.qgemv_cpu import LANES, build_block_quant_matmul
 from ember.codegen.params import (

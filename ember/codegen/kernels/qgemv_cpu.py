@@ -25,9 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ember.codegen.csrc import half_load, index_type
+from ember.codegen.csrc import extensions_for, half_load, index_type, load_expr
 from ember.codegen.families import Target
-from ember.codegen.kernels.elementwise import extensions_for, load_expr
 from ember.codegen.kernels.epilogue import epilogue_code
 from ember.codegen.params import (
     Checked,

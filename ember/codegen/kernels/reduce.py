@@ -26,8 +26,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ember.codegen.csrc import contiguous_strides, float_literal, half_load, index_type
-from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
+from ember.codegen.csrc import (
+    compute_type, contiguous_strides, extensions_for, float_literal, half_load, index_type,
+    load_expr, store_stmt,
+)
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, TMP, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder

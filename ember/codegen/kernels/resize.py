@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ember.codegen.csrc import contiguous_strides, index_type
-from ember.codegen.kernels.elementwise import load_expr, store_stmt
+from ember.codegen.csrc import contiguous_strides, index_type, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ember.codegen.kernels.elementwise import compute_type, load_expr, store_stmt
+from ember.codegen.csrc import compute_type, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.params import Checked, Lookup, ParamKind, params_for, register_kind, tuning_key

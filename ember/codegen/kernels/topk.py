@@ -5,9 +5,8 @@ numpy reference, which sorts the whole line."""
 
 from __future__ import annotations
 
-from ember.codegen.csrc import index_type
+from ember.codegen.csrc import compute_type, extensions_for, index_type, load_expr, store_stmt
 from ember.codegen.kernels.axis_ops import line_layout
-from ember.codegen.kernels.elementwise import compute_type, extensions_for, load_expr, store_stmt
 from ember.codegen.families import Target
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder

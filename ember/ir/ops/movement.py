@@ -148,7 +148,9 @@ def slice_ranges(shape: Sequence[int], attrs: Attrs) -> list[range]:
         d = shape[axis]
         start = start + d if start < 0 else start
         end = end + d if end < 0 else end
-        if step > 0:
+        if d == 0:
+            out[axis] = range(0)  # [0, d-1] is empty: nothing to keep, whatever the step
+        elif step > 0:
             out[axis] = range(_clamp(start, 0, d), _clamp(end, 0, d), step)
         else:
             out[axis] = range(_clamp(start, 0, d - 1), _clamp(end, -1, d - 1), step)
