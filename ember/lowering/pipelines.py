@@ -43,10 +43,11 @@ def _fuse() -> list[Pass | FixedPoint]:
     # input; then regions, so that a whole region (bias + activation + residual) becomes one
     # epilogue.
     # Quantized products first: their DequantizeLinear inputs would otherwise be fused into
-    # elementwise regions in front of a float product. Int8 weights widened in the graph
-    # that no integer kernel took are folded to float right after (at every level).
-    return [FuseQuantizedProducts(), FoldWidenedConstants(), *PATTERN_PASSES, FuseAttention(), FoldTransposeIntoMatMul(), FuseElementwise(), FuseEpilogues(),
-            EliminateDeadCode()]
+    # elementwise regions in front of a float product. It folds back to float the int8
+    # weights widened in the graph that no integer kernel took (FoldWidenedConstants does
+    # that at the levels without it).
+    return [FuseQuantizedProducts(), *PATTERN_PASSES, FuseAttention(), FoldTransposeIntoMatMul(),
+            FuseElementwise(), FuseEpilogues(), EliminateDeadCode()]
 
 
 # O0: import + placement (every op its own kernel). O1: + simplification. O2 and O3: + the

@@ -3,7 +3,6 @@ half-precision rounding, QDQ models (int8, int8 dynamic, int4) within float32 ro
 
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import onnx
@@ -23,7 +22,6 @@ TARGETS = [
     pytest.param(None, marks=[pytest.mark.opencl, pytest.mark.skipif(
         not real_devices(), reason="no OpenCL device besides simulators")]),
 ]
-QDQ_IMPORT = importlib.util.find_spec("ember.frontends.onnx.quant") is not None
 
 
 def run_ort(model: onnx.ModelProto, feed: dict) -> np.ndarray:
@@ -43,8 +41,6 @@ def test_fp16_model_matches_onnxruntime(name, target):
     assert_close(actual, run_ort(q.model, feed), f"{name} fp16", TOLERANCE[DType.FLOAT16])
 
 
-@pytest.mark.skipif(not QDQ_IMPORT, reason="ember does not import QuantizeLinear/"
-                    "DequantizeLinear yet (ember.frontends.onnx.quant is absent)")
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("scheme", ["int8", "int8-dynamic", "int4"])
 @pytest.mark.parametrize("name", sorted(MODELS))
