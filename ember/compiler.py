@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,16 +25,20 @@ from ember.codegen.families import Target
 from ember.codegen.registry import lower
 from ember.codegen.params import TUNABLE_OPS
 from ember.tuning.tuner import TuneBudget, TuneResult, tuned_target
-from ember.errors import CompileError, DTypeError, InputError, ShapeError, UnsupportedOpError
+from ember.errors import (
+    CompileError, DTypeError, EmberError, InputError, ShapeError, UnsupportedOpError,
+)
 from ember.frontends.dims import bind_named_dims, dims_text, is_dynamic, resolve_shapes
-from ember.frontends.onnx import import_graph, input_signature, load_model
+from ember.frontends.onnx import import_graph, input_signature, load_model, value_info_type
 from ember.ir import DType, Graph, verify
 from ember.lowering import PassContext, PassManager, PassRecord, build_pipeline
-from ember.runtime.device import OpenCLDevice, resolve_target
+from ember.runtime.generic_plans import Generalized, GenericPlans
+from ember.runtime.device import NUMPY, OpenCLDevice, resolve_target, with_threads
 from ember.runtime.memory import build_memory_plan
 from ember.runtime.numpy import evaluate_graph
 from ember.runtime.opencl import OpenCLExecutor, prebuild
 from ember.runtime.plan import DEVICE, HOST, ExecutionPlan, build_plan, node_spec
+from ember.profile import Profile
 from ember.summary import ModelStats, format_summary, model_stats
 from ember.runtime.resources import (
     check_buffers,
@@ -42,11 +47,15 @@ from ember.runtime.resources import (
     driver_failures,
 )
 
-__all__ = ["compile", "CompiledModel", "ModelStats"]
+__all__ = ["compile", "CompiledModel", "ModelStats", "Profile"]
 
 log = logging.getLogger(__name__)
 
 Dims = tuple[int | str | None, ...]
+# input shapes whose plan and device buffers a model keeps: a service that sees every
+# sentence length must not hold a copy of its buffers per length; a shape dropped costs
+# its planning again (milliseconds on generic kernels) when it comes back
+KEPT_SHAPES = 16
 
 
 @dataclass
@@ -60,8 +69,9 @@ class _Specialization:
 
 
 class CompiledModel:
-    """A model compiled for one target. Call it with numpy arrays (by input name or by
-    position); it returns a dict of output name -> array.
+    """A model compiled for one target. Call it with numpy arrays (by input name, by
+    position, or as one dict of input name -> array); it returns a dict of output name ->
+    array. `run(output_names, feeds)` returns a list, as onnxruntime's session does.
 
     Safe to call from several threads: a specialization's device buffers are reused between
     calls, so calls on one model take turns (a lock held from specialization to the last
@@ -97,13 +107,17 @@ class CompiledModel:
         self.input_names = list(self._signature)
         self._specializations: dict[tuple, _Specialization] = {}
         self._current: _Specialization | None = None
+        self._imported = False  # the ONNX model's checks have run
+        self._initializers: dict[str, np.ndarray] = {}  # its initializers, read once
+        self._generic: GenericPlans | None = None  # generic kernels over its free dims
+        self.generic_kernels = True  # compile(generic_kernels=): see there
         # one call at a time per model: the executor's buffers are shared between calls
         self._lock = threading.RLock()
 
     # -- compiling ------------------------------------------------------------------------
     @property
     def target(self) -> str:
-        return self.device.info.target if self.device is not None else "cpu"
+        return self.device.info.target if self.device is not None else NUMPY
 
     def _where(self) -> str:
         if self.device is None:
@@ -122,43 +136,28 @@ class CompiledModel:
         if isinstance(self._source, Graph):
             graph = self._source.copy()
             key = tuple(graph.type_of(v).shape for v in graph.input_values().values())
+            resolved = dict(zip(self.input_names, key))
         else:
             resolved = resolve_shapes(
                 {name: dims for name, (dims, _) in self._signature.items()}, shapes or {},
                 hint="give it in compile()'s input_shapes, or call the model with arrays")
             key = tuple(resolved[name] for name in self.input_names)
-            if key not in self._specializations:
-                graph = import_graph(self._source, input_shapes=resolved)
         if key in self._specializations:
             self._current = self._specializations[key]
             return self._current
-        # sizes first: a tensor no device or host can hold fails here, before any allocation
-        if self.device is not None:
-            check_tensors(graph, self.device.info.traits)
-        else:
-            check_tensors_on_host(graph)
         target = self.device.target if self.device is not None else None
-        supports = None
-        if target is not None:
-            pack = self.opt_level >= 2
-
-            def supports(g: Graph, node: int) -> bool:
-                # the very spec the plan compiles (packable constants included)
-                return lower(node_spec(g, node, pack_constants=pack), target) is not None
-
-        ctx = PassContext(
-            opt_level=self.opt_level,
-            family=target.family.name if target is not None else "numpy",
-            supports=supports,
-        )
-        manager = PassManager(build_pipeline(self.opt_level), verify=self._verify,
-                              keep_text=self._record_ir)
-        records = manager.run(graph, ctx)
-        verify(graph)
+        if not isinstance(self._source, Graph):
+            graph = self._import(resolved)
+        records = self._lower(graph, target)
         if target is not None and (self.tune or self.opt_level >= 3):
             target = self._tuned_target(graph, target)
         plan = build_plan(graph, target, plan_memory=self.plan_memory,
                           pack_constants=self.opt_level >= 2)
+        generalized = None
+        if (target is not None and self.generic_kernels and self.dynamic
+                and not isinstance(self._source, Graph)):
+            generalized = self._generalize(plan, resolved, target)
+            plan = generalized.plan
         if self.strict and self.device is not None and plan.host_steps:
             listed = ", ".join(f"{s.op} {s.name!r}" for s in plan.host_steps[:10])
             raise UnsupportedOpError(
@@ -181,7 +180,67 @@ class CompiledModel:
                                time.perf_counter() - start)
         self._specializations[key] = spec
         self._current = spec
+        while len(self._specializations) > KEPT_SHAPES:  # the least recently used goes
+            del self._specializations[next(iter(self._specializations))]
+        if self._specializations.keys() != {key} or generalized is not None:
+            log.info("specialized %r on %s for input shapes %s in %.0f ms%s", graph.name,
+                     self.target, key, spec.compile_seconds * 1e3, _generic_note(generalized))
         return spec
+
+    def _import(self, shapes: Mapping[str, Sequence[int]]) -> Graph:
+        """The ONNX model as a Graph for these input shapes; the model's checks and its
+        initializers' arrays are done once and reused for every later shape."""
+        assert not isinstance(self._source, Graph)
+        graph = import_graph(self._source, input_shapes=shapes, checked=self._imported,
+                             arrays=self._initializers)
+        self._imported = True
+        return graph
+
+    def _lower(self, graph: Graph, target: Target | None) -> list[PassRecord]:
+        """Check the sizes, then run the pass pipeline on `graph` (in place)."""
+        # sizes first: a tensor no device or host can hold fails here, before any allocation
+        if self.device is not None:
+            check_tensors(graph, self.device.info.traits)
+        else:
+            check_tensors_on_host(graph)
+        supports = None
+        if target is not None:
+            pack = self.opt_level >= 2
+
+            def supports(g: Graph, node: int) -> bool:
+                # the very spec the plan compiles (packable constants included)
+                return lower(node_spec(g, node, pack_constants=pack), target) is not None
+
+        ctx = PassContext(
+            opt_level=self.opt_level,
+            family=target.family.name if target is not None else "numpy",
+            supports=supports,
+        )
+        manager = PassManager(build_pipeline(self.opt_level), verify=self._verify,
+                              keep_text=self._record_ir)
+        records = manager.run(graph, ctx)
+        verify(graph)
+        return records
+
+    def _generalize(self, plan: ExecutionPlan, shapes: Mapping[str, Sequence[int]],
+                    target: Target) -> Generalized:
+        """`plan` on the model's generic kernels (runtime/generic_plans.py), so that a new
+        shape reuses the program built for an earlier one."""
+        if self._generic is None:
+            def plan_at(sample: Mapping[str, Sequence[int]]) -> ExecutionPlan | None:
+                try:
+                    graph = self._import(sample)
+                    self._lower(graph, target)
+                    return build_plan(graph, target, plan_memory=False,
+                                      pack_constants=self.opt_level >= 2)
+                except EmberError as exc:  # the model does not take that size: no sample
+                    log.debug("no sample plan at %s: %s", dict(sample), exc)
+                    return None
+
+            self._generic = GenericPlans(
+                {name: dims for name, (dims, _) in self._signature.items()}, plan_at,
+                gpu=target.family.is_gpu)
+        return self._generic.apply(plan, shapes)
 
     def _build_isolated(self, graph: Graph, target: Target, plan: ExecutionPlan
                         ) -> ExecutionPlan:
@@ -222,8 +281,37 @@ class CompiledModel:
         self.tune_results.extend(results)
         return target.with_tuning(tuned.tuning)
 
+    # -- saving ---------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a bundle (runtime/bundle.py) that `ember.load` runs without compiling: every
+        input shape compiled so far (a model whose dims are all fixed is compiled first),
+        with its plan and program binaries, the device and driver, and the ONNX model."""
+        from ember.runtime.bundle import save_compiled
+
+        with self._lock:
+            if not self._specializations and not self.dynamic:
+                self._specialize(None)
+            specs = list(self._specializations.values())
+            source = self._source
+            return save_compiled(
+                path, [(s.shapes, s.plan, s.executor.programs if s.executor else ())
+                       for s in specs],
+                name=source.name if isinstance(source, Graph) else source.graph.name,
+                inputs=self._signature, output_names=self.output_names, device=self.device,
+                opt_level=self.opt_level,
+                model=None if isinstance(source, Graph) else source.SerializeToString())
+
     # -- calling --------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        if len(args) == 1 and isinstance(args[0], Mapping):
+            # one dict of feeds, as onnxruntime takes them: no array is a Mapping
+            if kwargs:
+                raise InputError("give the inputs as one dict or by name, not both")
+            args, kwargs = (), args[0]
+            not_names = [k for k in kwargs if not isinstance(k, str)]
+            if not_names:
+                raise InputError(f"feed dict keys are input names; got {not_names[:3]}; the "
+                                 f"model's inputs are {self.input_names}")
         if len(args) > len(self.input_names):
             raise InputError(f"model takes {len(self.input_names)} input(s) "
                              f"{self.input_names}, got {len(args)} positional")
@@ -258,10 +346,12 @@ class CompiledModel:
 
     def _for_shapes(self, feeds: Mapping[str, np.ndarray]) -> _Specialization:
         key = tuple(feeds[name].shape for name in self.input_names)
-        spec = self._specializations.get(key)
+        spec = self._specializations.pop(key, None)
         if spec is None:
-            log.info("specializing for input shapes %s", key)
+            log.debug("specializing for input shapes %s", key)
             spec = self._specialize({name: feeds[name].shape for name in self.input_names})
+        else:
+            self._specializations[key] = spec  # the most recently used last
         self._current = spec
         return spec
 
@@ -276,22 +366,57 @@ class CompiledModel:
                     return {name: np.array(value, copy=True) for name, value in results.items()}
                 return spec.executor.run(feeds)
 
-    def profile(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        """Per-step timings of one call: device time from OpenCL profiling events, host time
-        for steps that ran through numpy."""
+    def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]
+            ) -> list[np.ndarray]:
+        """The outputs named (None: all, in the model's order) as a list in that order, for
+        the feeds by input name: onnxruntime's `InferenceSession.run`."""
+        if isinstance(output_names, str) or not (output_names is None
+                                                 or isinstance(output_names, Sequence)):
+            raise InputError(f"output_names is a list of output names or None, got "
+                             f"{output_names!r}; the model's outputs are {self.output_names}")
+        wanted = list(self.output_names if output_names is None else output_names)
+        unknown = [name for name in wanted if name not in self.output_names]
+        if unknown:
+            raise InputError(f"unknown output(s) {unknown}; the model's outputs are "
+                             f"{self.output_names}")
+        if not isinstance(feeds, Mapping):
+            raise InputError(f"feeds is a dict of input name -> array, got "
+                             f"{type(feeds).__name__}; the model's inputs are {self.input_names}")
+        outputs = self(feeds)
+        return [outputs[name] for name in wanted]
+
+    def profile(self, *args: Any, runs: int = 10, warmup: int = 1, **kwargs: Any) -> Profile:
+        """Per-step times over `runs` calls after `warmup` unmeasured ones (the first call
+        of a specialization also builds kernels): device time from OpenCL profiling events,
+        host time for steps that ran through numpy (every node on the numpy target). Inputs
+        as for a call; an input named `runs` or `warmup` goes in a feed dict."""
+        if runs < 1 or warmup < 0:
+            raise InputError(f"profile needs runs >= 1 and warmup >= 0, got runs={runs}, "
+                             f"warmup={warmup}")
         feeds = self._bind(args, kwargs)
+        samples: list[list[tuple[str, str, str, float]]] = []
         with self._lock:
             spec = self._for_shapes(feeds)
             with driver_failures(f"profiling the model on {self._where()} with input shapes "
                                  f"{spec.shapes}"):
-                if spec.executor is None:
-                    return _profile_numpy(spec.graph, feeds)
-                _, timings = spec.executor.run(feeds, profile=True)
+                for index in range(warmup + runs):
+                    timings = self._timed_steps(spec, feeds)
+                    if index >= warmup:
+                        samples.append(timings)
+        steps = [(name, op, placement) for name, op, placement, _ in samples[0]]
+        return Profile(steps, [{name: s for name, _, _, s in run} for run in samples],
+                       warmup=warmup,
+                       title=f"profile of {spec.graph.name!r} on {self._where()}, input shapes "
+                             f"{self._shapes_text([feeds[n].shape for n in self.input_names])}")
+
+    def _timed_steps(self, spec: _Specialization, feeds: Mapping[str, np.ndarray]
+                     ) -> list[tuple[str, str, str, float]]:
+        """(step, op, placement, seconds) of one call, in execution order."""
+        if spec.executor is None:
+            return _profile_numpy(spec.graph, feeds)
+        _, timings = spec.executor.run(feeds, profile=True)
         by_name = {s.name: s for s in spec.plan.steps}
-        return [
-            {"step": name, "op": op, "placement": by_name[name].placement, "seconds": seconds}
-            for name, op, seconds in timings
-        ]
+        return [(name, op, by_name[name].placement, seconds) for name, op, seconds in timings]
 
     # -- reporting ------------------------------------------------------------------------
     @property
@@ -317,18 +442,82 @@ class CompiledModel:
     def stats(self) -> ModelStats:
         return model_stats(self.plan, on_device=self.device is not None)
 
-    def summary(self) -> str:
-        if self.device is not None:
-            t = self.device.info.traits
-            where = f"{self.target} {t.name} (family {self.device.info.family.name})"
-        else:
-            where = "cpu (numpy executor)"
-        return format_summary(self.plan, self.stats, on_device=self.device is not None,
-                              title=f"ember model {self.graph.name!r} on {where}, "
-                                    f"opt_level {self.opt_level}")
+    def summary(self, shapes: Mapping[str, Sequence[int]] | None = None) -> str:
+        """The steps, placement, kernels and memory of the specialization for `shapes`
+        (compiled now if it was not; dims as for compile()'s input_shapes), or without
+        shapes of the one that ran last. The title names the input shapes it describes."""
+        with self._lock:
+            if shapes is None:
+                spec = self._active()
+            else:
+                previous = self._current
+                spec = self._specialize(shapes)
+                if previous is not None:  # the model's "last run" stays the last run
+                    self._current = previous
+        on_device = self.device is not None
+        return format_summary(spec.plan, model_stats(spec.plan, on_device=on_device),
+                              on_device=on_device,
+                              title=f"ember model {spec.graph.name!r} on {self._where_long()}, "
+                                    f"opt_level {self.opt_level}, input shapes "
+                                    f"{self._shapes_text(spec.shapes)}")
+
+    def _where_long(self) -> str:
+        if self.device is None:
+            return f"{NUMPY} (the numpy executor)"
+        info = self.device.info
+        return f"{info.target} {info.traits.name} (family {info.family.name})"
+
+    def _shapes_text(self, shapes: Sequence[Sequence[int]]) -> str:
+        return ", ".join(f"{name}[{', '.join(map(str, shape))}]"
+                         for name, shape in zip(self.input_names, shapes))
+
+    def __repr__(self) -> str:
+        """One line: name, target, opt level, the signature, and how many input shapes
+        have been compiled (nothing is compiled to answer)."""
+        source = self._source
+        name = source.name if isinstance(source, Graph) else source.graph.name
+        where = NUMPY if self.device is None else (f"{self.device.info.target} "
+                                                  f"{self.device.info.traits.name}")
+        inputs = ", ".join(_signature_text(n, dims, dtype)
+                           for n, (dims, dtype) in self._signature.items())
+        outputs = ", ".join(_signature_text(n, *self._output_type(n))
+                            for n in self.output_names)
+        count = len(self._specializations)
+        return (f"<ember.CompiledModel {name!r} on {where}, opt_level {self.opt_level}, "
+                f"inputs {inputs}; outputs {outputs}; "
+                f"{count} shape{'' if count == 1 else 's'} compiled>")
+
+    def _output_type(self, name: str) -> tuple[Dims | None, DType | None]:
+        """An output's declared dims and dtype, None where the model does not say."""
+        if isinstance(self._source, Graph):
+            value = dict(self._source.outputs)[name]
+            graph_type = self._source.type_of(value)
+            return graph_type.shape, graph_type.dtype
+        info = next(o for o in self._source.graph.output if o.name == name)
+        try:
+            return value_info_type(info)
+        except (DTypeError, UnsupportedOpError):  # not a tensor, or a dtype ember lacks
+            return None, None
 
 
-def _profile_numpy(graph: Graph, feeds: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+def _signature_text(name: str, dims: Dims | None, dtype: DType | None) -> str:
+    """'input_ids[1, seq] int64': ints and dim names; '?' for a dim nobody named."""
+    shape = "" if dims is None else "[" + ", ".join(
+        str(d) if isinstance(d, int) else (d or "?") for d in dims) + "]"
+    return f"{name}{shape}" + (f" {dtype}" if dtype is not None else "")
+
+
+def _generic_note(generalized: Generalized | None) -> str:
+    if generalized is None:
+        return ""
+    note = (f"; {generalized.generic_launches} of {generalized.launches} launches on "
+            f"generic kernels")
+    return note + (" (sampled other sizes)" if generalized.sampled else "")
+
+
+def _profile_numpy(graph: Graph, feeds: Mapping[str, np.ndarray]
+                   ) -> list[tuple[str, str, str, float]]:
+    """(node, op, "host", seconds) of one evaluation, constants and inputs left out."""
     from ember.runtime.numpy import evaluate_node
     from ember.ir import Value
 
@@ -342,8 +531,7 @@ def _profile_numpy(graph: Graph, feeds: Mapping[str, np.ndarray]) -> list[dict[s
         start = time.perf_counter()
         results = evaluate_node(graph, node, [env[v] for v in graph.inputs_of(node)])
         if op != "Constant":
-            rows.append({"step": graph.node_name(node), "op": op, "placement": HOST,
-                         "seconds": time.perf_counter() - start})
+            rows.append((graph.node_name(node), op, HOST, time.perf_counter() - start))
         for port, r in enumerate(results):
             env[Value(node, port)] = r
     return rows
@@ -361,12 +549,14 @@ def compile(  # noqa: A001 - the public name of the API
     record_ir: bool = False,
     plan_memory: bool | None = None,
     cache: bool | str | os.PathLike | BinaryCache | None = True,
+    threads: int | None = None,
+    generic_kernels: bool = True,
 ) -> CompiledModel:
     """Compile an ONNX model (path, bytes or ModelProto), an ember Graph, or the result of
     ember.quantize (its QDQ `.model`) for a target.
 
-    target: None (first OpenCL GPU, else first OpenCL device, else numpy), "cpu" (numpy),
-    "opencl" or "opencl:P:D". input_shapes gives inputs' shapes: a named dim shared between
+    target: None (first OpenCL GPU, else first OpenCL device, else numpy), "numpy" (alias
+    "cpu"), "opencl" or "opencl:P:D". input_shapes gives inputs' shapes: a named dim shared between
     inputs is one dim, so one input's shape fixes it for the others, and a dim left unknown is
     an InputError naming it. Without input_shapes, a model with dims it does not fix compiles
     at its first call, for the arrays' shapes. strict refuses host fallback. verify_passes
@@ -382,14 +572,23 @@ def compile(  # noqa: A001 - the public name of the API
     cache: the binary cache of built programs (runtime/cache.py): True uses the one in
     EMBER_CACHE_DIR or the user cache directory, False builds from source every time, a
     directory or a BinaryCache uses that one.
+    threads: how many threads run the kernels. On an OpenCL CPU device (PoCL) the model runs
+    on a sub-device of that many compute units (device fission; a device that cannot be
+    partitioned runs whole, with a warning); a GPU ignores it (a log line); numpy has no
+    thread setting (its BLAS reads OMP_NUM_THREADS when the process starts), a warning says so.
+    generic_kernels: a model with dims it does not fix runs every input shape on kernels
+    that take the varying sizes as arguments (runtime/generic_plans.py), built once, so a new
+    shape costs planning only; False builds each shape's kernels with its sizes written in
+    (for comparison and debugging).
     """
     with driver_failures(f"opening the target {target or 'default'!s}"):
-        device = resolve_target(target)
+        device = with_threads(resolve_target(target), threads)
     if isinstance(getattr(model, "model", None), onnx.ModelProto):
         model = model.model  # a QuantizedModel; read by attribute, quantization sits above
     source = model if isinstance(model, Graph) else load_model(model)
     compiled = CompiledModel(source, device, opt_level, strict, tune, verify_passes, record_ir,
                              plan_memory, cache=cache)
+    compiled.generic_kernels = generic_kernels
     # A model with dims nobody gave compiles at its first call, for the arrays' shapes;
     # input_shapes (or tune=, which measures kernels now) compiles now, every dim known.
     if input_shapes is not None or tune or not compiled.dynamic:

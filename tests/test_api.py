@@ -1,5 +1,6 @@
 """The public API: compile/call/summary/stats/profile, target selection, dynamic shapes, and
-bad input that must give one clear error and leave the model usable."""
+bad input that must give one clear error and leave the model usable (onnxruntime's habits:
+tests/test_api_habits.py)."""
 
 from __future__ import annotations
 
@@ -146,7 +147,10 @@ def test_summary_stats_and_profile(any_target):
     assert stats.steps == 2
     if any_target != "cpu":
         assert stats.kernel_launches == 2 and stats.device_steps == 2
-    rows = model.profile(**feeds())
+    profile = model.profile(**feeds(), runs=2, warmup=0)
+    assert sorted(r.op for r in profile.rows) == ["Add", "Relu"]
+    assert all(r.median_ms >= 0 for r in profile.rows) and profile.runs == 2
+    rows = profile.to_dicts()
     assert [r["op"] for r in rows] == ["Add", "Relu"] and all(r["seconds"] >= 0 for r in rows)
 
 

@@ -25,8 +25,8 @@ ALLOWED = {
     "tuning": {"runtime", "codegen", "ir"},
 }
 # What ties the stages together: no stage imports these (nor the package face, `ember`).
-TIES = {"ember", "ember.compiler", "ember.cli", "ember.onnx_backend", "ember.summary",
-        "ember.__main__", "ember.quantization"}
+TIES = {"ember", "ember.compiler", "ember.loaded", "ember.cli", "ember.onnx_backend",
+        "ember.summary", "ember.__main__", "ember.quantization"}
 
 
 def module_name(path: Path) -> str:

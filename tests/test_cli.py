@@ -60,7 +60,7 @@ def test_info_lists_devices_and_default(capsys) -> None:
     if real_devices():
         assert f"default target: {real_devices()[0].target}" in out
     else:
-        assert "default target: cpu (numpy executor" in out
+        assert "default target: numpy (the numpy executor" in out
 
 
 def test_python_dash_m_runs_the_cli() -> None:
@@ -95,8 +95,8 @@ def test_run_with_input_files(small_model: Path, tmp_path: Path, target, capsys)
 def test_run_with_random_inputs_and_shape(small_model: Path, capsys) -> None:
     assert main(["run", str(small_model), "--shape", "x=7x5", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
-    assert "input  x: shape (7, 5) float32  from random (seed 0)" in out
-    assert "input  y: shape (1, 5) float32  from random (seed 0)" in out
+    assert "input  x: shape (7, 5) float32  from random normal (seed 0)" in out
+    assert "input  y: shape (1, 5) float32  from random normal (seed 0)" in out
     assert _output_line(out, "sum")[1] == "7, 5"
     # Relu output: a sum of non-negative numbers.
     assert float(_output_line(out, "sum")[3]) >= 0.0
@@ -113,8 +113,9 @@ def test_run_with_random_inputs_and_shape(small_model: Path, capsys) -> None:
     ("argv", "message"),
     [
         (["run", "{missing}"], "no ONNX model at"),
-        (["run", "{model}", "--input", "nope=a.npy"], "unknown input(s) ['nope']"),
-        (["run", "{model}", "--input", "x={missing}"], "--input x="),
+        (["run", "{model}", "--input", "nope=a.npy"],
+         "--input names unknown input(s) ['nope']; the model's inputs are ['x', 'y']"),
+        (["run", "{model}", "--input", "x={missing}"], "--input x={missing}: no such file"),
         (["run", "{model}", "--shape", "x=3xq"], "expected dims like"),
         (["run", "{model}", "--shape", "x=3x4"], "dim 1 is fixed at 5"),
         (["run", "{model}", "--shape", "x=2x5", "--target", "opencl:9:9"],
@@ -126,13 +127,14 @@ def test_run_with_random_inputs_and_shape(small_model: Path, capsys) -> None:
 )
 def test_errors_are_one_line_with_exit_2(small_model: Path, tmp_path: Path, argv, message,
                                          capsys) -> None:
+    """Usage errors: what the command line asks cannot be done as written."""
     missing = str(tmp_path / "does_not_exist")
     argv = [a.format(model=small_model, missing=missing) for a in argv]
     assert main(argv) == 2
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("ember: error: "), captured.err
-    assert message in lines[0]
+    assert message.format(missing=missing) in lines[0]
     assert "Traceback" not in captured.err and captured.out == ""
 
 
@@ -140,9 +142,11 @@ def test_errors_are_one_line_with_exit_2(small_model: Path, tmp_path: Path, argv
     ("array", "extra", "message"),
     [
         (np.zeros((2, 5), np.float64), [], "input 'x' expects dtype float32, got float64"),
+        (np.zeros((2, 4), np.float32), [], "shape (2, 4) does not fit input 'x' (batch, 5)"),
+        (np.zeros((5,), np.float32), [], "shape (5,) does not fit input 'x' (batch, 5)"),
         (np.zeros((2, 5), np.float32), ["--shape", "x=4x5"], "differs from the file's shape"),
     ],
-    ids=["wrong-dtype", "shape-conflict"],
+    ids=["wrong-dtype", "wrong-dim", "wrong-rank", "shape-conflict"],
 )
 def test_input_file_errors(small_model: Path, tmp_path: Path, array, extra, message,
                            capsys) -> None:
@@ -151,6 +155,8 @@ def test_input_file_errors(small_model: Path, tmp_path: Path, array, extra, mess
     assert main(argv + extra) == 2
     err = capsys.readouterr().err
     assert err.startswith("ember: error: ") and message in err and err.count("\n") == 1
+    if not extra:  # the file's own problem: the error names the flag and the file
+        assert f"--input x={tmp_path / 'x.npy'}: " in err
 
 
 def test_missing_model_in_a_subprocess_has_no_traceback(tmp_path: Path) -> None:

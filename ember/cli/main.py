@@ -1,17 +1,20 @@
-"""The `ember` command: the parser, the dispatch, and info, run, show and demo.
+"""The `ember` command: the parser, the global flags, the dispatch and exit codes, and info,
+show and demo.
 
-Each subcommand is one `_cmd_*` function registered in `build_parser`; `ember cache` and
-`ember tune` register theirs from cache.py and tune.py through the same `add`. Arguments
-that several commands share (shapes, input files, exit codes) are parsed in args.py. Errors
-that ember raises on purpose (EmberError) become one line on stderr and exit code 2, never
-a traceback.
+Each subcommand is one `_cmd_*` function registered in `build_parser`; `ember run`,
+`ember compile`, `ember cache`, `ember tune` and `ember quantize` register theirs from their
+modules through the same `add`. Arguments that several commands share (shapes, input files,
+the target, exit codes) are parsed in args.py. -v and -q are taken before or after the
+subcommand. Errors that ember raises on purpose (EmberError) become one line on stderr,
+never a traceback: exit code 2 for a usage error (args.UsageError, an unreadable model
+file), 1 for an error while compiling or running.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import statistics
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,15 +26,18 @@ import numpy as np
 
 import ember
 from ember.cli.args import (
-    EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, Command, add_shape_arguments,
-    make_feeds, parse_pairs, parse_shapes, resolve_input_shapes,
+    EXIT_BROKEN_PIPE, EXIT_CHECK_FAILED, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
+    Command, UsageError, add_shape_arguments, open_target, parse_shapes,
+    positive_int, resolve_input_shapes,
 )
 from ember.cli.cache import add_cache_commands
+from ember.cli.compile import add_compile_command
 from ember.cli.tune import add_tune_command, print_tuning
 from ember.cli.demo_quant import MODEL as QUANT_MODEL
 from ember.cli.demo_quant import print_quantized, quantized_demo
 from ember.cli.quantize import add_quantize_command
-from ember.errors import EmberError
+from ember.cli.run import add_run_command, ms, timed_runs, where
+from ember.errors import EmberError, ModelLoadError
 from ember.frontends.onnx import input_signature, load_model
 from ember.ir import to_dot, to_text
 from ember.runtime.device import resolve_target
@@ -43,33 +49,6 @@ DEMO_MIN_ACCURACY = 0.8
 # rounding, scaled by their magnitude; anything larger is a real disagreement.
 DEMO_RTOL = 1e-3
 DEMO_MIN_AGREEMENT = 0.99
-
-
-# -- helpers --------------------------------------------------------------------------------
-def _where(model: ember.CompiledModel) -> str:
-    if model.device is None:
-        return "cpu (numpy executor)"
-    info = model.device.info
-    return f"{info.target} {info.traits.name} (family {info.family.name})"
-
-
-def _timed_runs(model: ember.CompiledModel, feeds: dict[str, np.ndarray], repeat: int
-                ) -> tuple[dict[str, np.ndarray], float, float]:
-    """Outputs of the first call, its time (kernels build lazily there), and the median
-    latency of `repeat` further calls."""
-    start = time.perf_counter()
-    outputs = model(**feeds)
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(max(repeat, 1)):
-        start = time.perf_counter()
-        model(**feeds)
-        times.append(time.perf_counter() - start)
-    return outputs, first, statistics.median(times)
-
-
-def _ms(seconds: float) -> str:
-    return f"{seconds * 1e3:.3f} ms"
 
 
 # -- ember info -----------------------------------------------------------------------------
@@ -91,39 +70,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
             print("    a simulator: never the default, used only when named "
                   f"(--target oclgrind or {info.target})")
         print_tuning(info)
+    opencl_cpu = any(i.traits.device_type == "CPU" for i in found)
+    print("numpy: the numpy executor (alias: cpu)"
+          + (", not the OpenCL CPU device above" if opencl_cpu else ""))
     default = resolve_target(None)
     if default is None:
-        print("default target: cpu (numpy executor; no OpenCL device)")
+        print("default target: numpy (the numpy executor; no OpenCL device)")
     else:
         print(f"default target: {default.info.target} ({default.info.traits.name})")
-    return EXIT_OK
-
-
-# -- ember run ------------------------------------------------------------------------------
-def _cmd_run(args: argparse.Namespace) -> int:
-    proto = load_model(args.model)
-    files = parse_pairs(args.input, "--input")
-    feeds = make_feeds(input_signature(proto), files, parse_shapes(args.shape), args.seed)
-
-    start = time.perf_counter()
-    model = ember.compile(proto, target=args.target, opt_level=args.opt,
-                          input_shapes={name: a.shape for name, a in feeds.items()})
-    compile_seconds = time.perf_counter() - start
-    outputs, first, median = _timed_runs(model, feeds, args.repeat)
-
-    print(f"model {args.model} on {_where(model)}, opt_level {args.opt}")
-    for name, array in feeds.items():
-        origin = files.get(name, f"random (seed {args.seed})")
-        print(f"input  {name}: shape {array.shape} {array.dtype}  from {origin}")
-    for name, array in outputs.items():
-        values = array.astype(np.float64)
-        mean = float(values.mean()) if values.size else float("nan")
-        print(f"output {name}: shape {array.shape} {array.dtype}  "
-              f"sum {float(values.sum()):.6g}  mean {mean:.6g}")
-    print(f"compile {compile_seconds:.3f} s; first call {_ms(first)}; "
-          f"median latency {_ms(median)} over {args.repeat} runs")
-    if args.summary:
-        print(model.summary())
     return EXIT_OK
 
 
@@ -159,21 +113,21 @@ def _demo_model(name: str, images: np.ndarray, labels: np.ndarray, trained: floa
     start = time.perf_counter()
     model = ember.compile(model_bytes, target=target, input_shapes=shapes)
     compile_seconds = time.perf_counter() - start
-    outputs, first, median = _timed_runs(model, {"input": x}, repeat)
+    outputs, timings = timed_runs(lambda: model(input=x), 1, repeat)
     reference = ember.compile(model_bytes, target="cpu", input_shapes=shapes)(input=x)
     logits, expected = outputs["logits"], reference["logits"]
     predictions = logits.argmax(axis=1)
     return DemoResult(
         name=name,
-        where=_where(model),
+        where=where(model),
         accuracy=float((predictions == labels).mean()),
         trained_accuracy=trained,
         max_abs_diff=float(np.abs(logits.astype(np.float64) - expected).max()),
         tolerance=DEMO_RTOL * max(1.0, float(np.abs(expected).max())),
         agreement=float((predictions == expected.argmax(axis=1)).mean()),
         compile_seconds=compile_seconds,
-        first_call_seconds=first,
-        median_seconds=median,
+        first_call_seconds=timings.first,
+        median_seconds=timings.median,
         host_steps=model.stats.host_steps if model.device is not None else 0,
     )
 
@@ -185,9 +139,9 @@ def print_demo(results: Sequence[DemoResult], count: int, repeat: int) -> None:
         print(f"  accuracy        {r.accuracy:.4f}  (training reported {r.trained_accuracy:.4f})")
         print(f"  vs numpy        max |diff| {r.max_abs_diff:.3g} (allowed {r.tolerance:.3g}), "
               f"identical predictions {r.agreement:.4f}")
-        print(f"  latency         {_ms(r.median_seconds)} median of {repeat}")
+        print(f"  latency         {ms(r.median_seconds)} median of {repeat}")
         print(f"  compile         {r.compile_seconds:.3f} s, "
-              f"first call {_ms(r.first_call_seconds)}")
+              f"first call {ms(r.first_call_seconds)}")
         if r.host_steps:
             print(f"  note            {r.host_steps} step(s) ran on the host (no kernel)")
         if not r.ok:
@@ -223,6 +177,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     given = parse_shapes(args.shape)
     proto = load_model(args.model)
     shapes = resolve_input_shapes(input_signature(proto), given)
+    open_target(args.target)  # a target that does not exist: a usage error
     model = ember.compile(proto, target=args.target, opt_level=args.opt,
                           input_shapes=shapes, record_ir=args.passes)
     if args.passes:
@@ -239,13 +194,38 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 # -- the parser -----------------------------------------------------------------------------
+def _add_global_flags(parser: argparse.ArgumentParser, default: object) -> None:
+    """-v and -q. The top parser holds their defaults; every subcommand's parser takes them
+    too, defaulting to SUPPRESS so that a flag given before the subcommand is kept."""
+    parser.add_argument("-v", "--verbose", action="count",
+                        default=default if default is argparse.SUPPRESS else 0,
+                        help="log what ember does (-vv: debug), and print errors in full")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="print only errors on stderr: no logs, warnings or progress")
+
+
+_GLOBAL_FLAGS = argparse.ArgumentParser(add_help=False)
+_add_global_flags(_GLOBAL_FLAGS, argparse.SUPPRESS)
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of a subcommand (and of its own subcommands, as `ember cache info`): it
+    takes the global flags, so that `-v` works after the subcommand as well as before."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs["parents"] = [*kwargs.get("parents", ()), _GLOBAL_FLAGS]  # type: ignore[misc]
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="ember", description="ember: compile ONNX models to OpenCL kernels and run them.")
+        prog="ember", description="ember: compile ONNX models to OpenCL kernels and run them.",
+        epilog="exit codes: 0 done, 1 an error while compiling or running (or a failed "
+               "check), 2 a usage error, 130 interrupted, 141 stdout closed by its reader")
     parser.add_argument("--version", action="version", version=f"ember {ember.__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="log what ember does, and print errors in full")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_global_flags(parser, False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     parser_class=_CommandParser)
 
     def add(name: str, func: Command, text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=text, description=text)
@@ -254,19 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("info", _cmd_info, "ember's version, the OpenCL devices and the default target")
 
-    run = add("run", _cmd_run, "compile a model, run it on given or random inputs, "
-              "print each output's checksum, the compile time and the latency")
-    run.add_argument("model", help="path of an ONNX model")
-    run.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
-                     help="an input from a .npy file (repeatable); others are random")
-    add_shape_arguments(run, "the shape of a random input; named dims it shares with "
-                             "other inputs fix theirs, and a dim no input fixes is an error")
-    run.add_argument("--target", default=None,
-                     help="cpu, opencl or opencl:P:D (default: first GPU, else first device)")
-    run.add_argument("--opt", type=int, default=2, choices=range(4), help="opt level 0..3")
-    run.add_argument("--repeat", type=int, default=10, help="timed runs after the first")
-    run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    run.add_argument("--summary", action="store_true", help="print model.summary()")
+    add_run_command(add)
+    add_compile_command(add)
 
     show = add("show", _cmd_show, "print the IR after lowering (and after each pass), and "
                "write a Graphviz file of the final graph")
@@ -282,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                "check them against the held-out labels and the numpy reference; then the "
                "MLP quantized in each scheme: accuracy, weight size and latency")
     demo.add_argument("--target", default=None, help="as for run (default: the default device)")
-    demo.add_argument("--repeat", type=int, default=20, help="timed runs for the latency")
+    demo.add_argument("--repeat", type=positive_int, default=20,
+                      help="timed runs for the latency")
 
     add_cache_commands(add)
     add_tune_command(add)
@@ -290,19 +260,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = (logging.DEBUG if verbose > 1 else logging.INFO if verbose
+             else logging.ERROR if quiet else logging.WARNING)
+    logging.basicConfig(format="%(name)s: %(message)s")
+    logging.getLogger("ember").setLevel(level)
+
+
+def _error_text(exc: EmberError, verbose: int) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = text.splitlines()
+    if not verbose and len(lines) > 1:
+        text = f"{lines[0]} (run with -v for details)"
+    return text
+
+
+def _exit_code(exc: EmberError) -> int:
+    """Usage errors (the command line as written cannot be done: a bad flag value, a model
+    or input file that cannot be read or does not fit) are 2; an error while compiling or
+    running is 1."""
+    return EXIT_USAGE if isinstance(exc, (UsageError, ModelLoadError)) else EXIT_ERROR
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout is gone (`ember cache info | head -2`): what is left to print
+    has nowhere to go. stdout is pointed at devnull so that the interpreter's last flush
+    raises nothing, and the exit code is a shell's for a process killed by SIGPIPE, as
+    for any Unix tool whose reader stopped early."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(name)s: %(message)s")
+    if args.verbose and args.quiet:
+        build_parser().error("-v and -q contradict each other; give one")
+    _configure_logging(args.verbose, args.quiet)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is seen while it can be handled
+        return code
     except EmberError as exc:
-        text = str(exc).strip() or type(exc).__name__
-        lines = text.splitlines()
-        if not args.verbose and len(lines) > 1:
-            text = f"{lines[0]} (run with -v for details)"
-        print(f"ember: error: {text}", file=sys.stderr)
-        return EXIT_ERROR
+        print(f"ember: error: {_error_text(exc, args.verbose)}", file=sys.stderr)
+        return _exit_code(exc)
+    except BrokenPipeError:
+        return _stdout_closed()
     except KeyboardInterrupt:
         print("ember: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

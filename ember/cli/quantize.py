@@ -17,8 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 import ember
-from ember.cli.args import EXIT_OK, AddCommand
-from ember.errors import InputError
+from ember.cli.args import EXIT_OK, AddCommand, UsageError
 from ember.frontends.onnx import input_signature, load_model
 from ember.quantization.debug import compare_tensors, format_errors
 
@@ -33,17 +32,17 @@ def calibration_batches(path: str, model: object, batch_size: int) -> list[dict[
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: data[key] for key in data.files}
     except (OSError, ValueError) as exc:
-        raise InputError(f"--calib {path}: cannot read an .npz file: {exc}") from None
+        raise UsageError(f"--calib {path}: cannot read an .npz file: {exc}") from None
     inputs = list(input_signature(load_model(model)))
     if len(inputs) == 1 and len(arrays) == 1:
         arrays = {inputs[0]: next(iter(arrays.values()))}
     missing = [name for name in inputs if name not in arrays]
     if missing:
-        raise InputError(f"--calib {path}: no array for input(s) {missing}; it holds "
+        raise UsageError(f"--calib {path}: no array for input(s) {missing}; it holds "
                          f"{sorted(arrays)} (one array per model input, by name)")
     rows = {name: arrays[name].shape[0] if arrays[name].ndim else 0 for name in inputs}
     if len(set(rows.values())) != 1 or not next(iter(rows.values())):
-        raise InputError(f"--calib {path}: the inputs need the same number of rows (axis 0), "
+        raise UsageError(f"--calib {path}: the inputs need the same number of rows (axis 0), "
                          f"got {rows}")
     total = next(iter(rows.values()))
     return [{name: arrays[name][start:start + batch_size] for name in inputs}
@@ -140,4 +139,3 @@ def add_quantize_command(add: AddCommand) -> None:
                      help="also print the error (SQNR) of every tensor, worst first, to find "
                           "the layer that hurts")
     sub.add_argument("--json", action="store_true", help="print the plan as JSON only")
-    sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no table")

@@ -8,7 +8,9 @@ the CPU convolutions of conv_depthwise.py and conv_rows.py) has a `ParamKind` in
 `params_for(kind, key, target)` answers from the first level that has a legal set: device
 (tuned on this very device: the target's TuningTable, filled from the TuningDB) -> arch
 (chip architecture, e.g. gfx803, sm_86) -> family -> vendor -> generic, and says which
-level answered (`Lookup`).
+level answered (`Lookup`). A problem the TuningDB has no entry for takes the entry of its
+size bucket when the table has one (`bucket_key`): a new input shape of a tuned model is
+not tuned again and still gets tuned parameters.
 `tuning_key` names a kernel's problem for the TuningDB.
 """
 
@@ -19,6 +21,7 @@ import itertools
 import logging
 import math
 import random
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -30,7 +33,8 @@ from ember.codegen.families import Target, vector_unit
 __all__ = [
     "Checked", "Lookup", "LEVELS", "ParamKind", "Rule", "SearchSpace", "param_kinds", "params_for",
     "register_kind", "gemm_rules", "cpu_gemm_rules", "gemv_rules", "accumulators_fit",
-    "search_space", "tuning_key", "tunable_spec", "TUNABLE_OPS", "ROW_OPS",
+    "search_space", "tuning_key", "bucket_key", "size_bucket", "key_tensors", "key_sizes",
+    "tunable_spec", "TUNABLE_OPS", "ROW_OPS", "BUCKET_SOURCE",
 ]
 
 log = logging.getLogger(__name__)
@@ -224,15 +228,18 @@ def params_for(kind: str, key: str | None, target: Target, itemsize: int = 4) ->
     """The parameters of kernel `kind` for problem `key` on `target`, and from which level:
     the target's tuned table first (if its entry is legal here), then the defaults."""
     spec = param_kinds()[kind]
-    tuned = target.tuning.get(kind, key)
-    if tuned is not None:
+    for name, source in ((key, "TuningDB"), (_bucket_or_none(key), BUCKET_SOURCE)):
+        tuned = target.tuning.get(kind, name)
+        if tuned is None:
+            continue
         broken = spec.violations(tuned, target, itemsize)
         if not broken:
-            lookup = Lookup(kind, key, tuned, "device", "TuningDB")
+            lookup = Lookup(kind, key, tuned, "device", source)
             log.debug("%s for %s", lookup, key)
             return lookup
-        log.warning("tuned %s params %s for %r break %s; using defaults", kind, tuned, key,
+        log.warning("tuned %s params %s for %r break %s; using defaults", kind, tuned, name,
                     "; ".join(broken))
+        break
     params, level, source = spec.default(target, itemsize)
     lookup = Lookup(kind, key, params, level, source)
     log.debug("%s for %s", lookup, key)
@@ -281,6 +288,50 @@ def tuning_key(spec: Any) -> str | None:
                      for k, v in plain.attrs.items() if k != "epilogue" or v is not None)
     packed = ",".join(str(i) for i in sorted(plain.packable)) or "-"
     return " ".join([plain.op, *(str(t) for t in plain.inputs), attrs, f"packed={packed}"])
+
+
+# A tensor type in a tuning key: dtype, then its dims in brackets ('float32[11,19]').
+_TENSOR_IN_KEY = re.compile(r"\b(\w+)\[([0-9,]*)\]")
+BUCKET_SOURCE = "TuningDB, size bucket"  # Lookup.source of an answer from a bucket's entry
+
+
+def size_bucket(size: int) -> str:
+    """The sizes that tune alike: those with the same next power of two ('9-16' holds 9 to
+    16); 0, 1 and 2 are buckets of their own."""
+    if size <= 2:
+        return str(size)
+    high = 1 << (size - 1).bit_length()
+    return f"{high // 2 + 1}-{high}"
+
+
+def bucket_key(key: str) -> str:
+    """The size bucket of a tuning key: every dim of every tensor replaced by its
+    `size_bucket`, the dtypes, attributes and packing kept, e.g. 'MatMul float32[9-16,17-32]
+    float32[17-32,17-32] trans_a=0 trans_b=0 packed=1' for [11,19] x [19,29] and [13,19] x
+    [19,31]. Problems of one bucket differ only in sizes that round up to the same power of
+    two, so one's tuned parameters suit the other (they are legal for any size: builders fit
+    them to the problem). A bucket key is never another problem's tuning key (dims above 2
+    become ranges), so the two kinds of key share a TuningTable without colliding."""
+    def bucketed(found: re.Match[str]) -> str:
+        dims = ",".join(size_bucket(int(d)) for d in found[2].split(",") if d)
+        return f"{found[1]}[{dims}]"
+
+    return _TENSOR_IN_KEY.sub(bucketed, key)
+
+
+def key_tensors(key: str) -> list[tuple[str, tuple[int, ...]]]:
+    """The tensors of a tuning key, in order, as (dtype name, shape)."""
+    return [(found[1], tuple(int(d) for d in found[2].split(",") if d))
+            for found in _TENSOR_IN_KEY.finditer(key)]
+
+
+def key_sizes(key: str) -> tuple[int, ...]:
+    """Every dim of every tensor of a tuning key, in order (to compare problems' sizes)."""
+    return tuple(d for _, shape in key_tensors(key) for d in shape)
+
+
+def _bucket_or_none(key: str | None) -> str | None:
+    return bucket_key(key) if key is not None else None
 
 
 def _attr_text(value: Any) -> str:

@@ -33,6 +33,7 @@ class ArgKind(str, enum.Enum):
 
 
 IN, OUT, TMP = ArgKind.IN, ArgKind.OUT, ArgKind.TMP
+SCALAR_DTYPES = {"int": np.int32, "uint": np.uint32, "long": np.int64, "ulong": np.uint64}
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class Kernel:
     name: str
     source: str
     extensions: frozenset[str] = frozenset()  # e.g. {"cl_khr_fp64"}
+    # C types of the scalar arguments after the buffers (generic kernels: codegen/generic.py)
+    scalar_types: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,12 +62,17 @@ class Launch:
     global_size: tuple[int, ...]
     local_size: tuple[int, ...] | None
     args: tuple[tuple[ArgKind, int], ...]  # (IN, i) | (OUT, j) | (TMP, k), in kernel order
+    scalars: tuple[int, ...] = ()  # values of kernel.scalar_types, passed after the buffers
 
     def bind(self, inputs: Sequence[T], outputs: Sequence[T], temps: Sequence[T]) -> list[T]:
         """The kernel's arguments in order, picked from the node's inputs, outputs and
         scratch buffers (buffers, or their sizes): the one place `args` is read."""
         pools = {ArgKind.IN: inputs, ArgKind.OUT: outputs, ArgKind.TMP: temps}
         return [pools[kind][i] for kind, i in self.args]
+
+    def scalar_arguments(self) -> list[np.generic]:
+        """The scalar arguments, as the numpy scalars pyopencl passes by value."""
+        return [SCALAR_DTYPES[t](v) for t, v in zip(self.kernel.scalar_types, self.scalars)]
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ build options, ember's version and the device fingerprint (platform, vendor, dev
 device version, driver version). A changed driver is a changed key: old binaries are never
 offered to it. Every build looks its program up; whether a fresh build's binary is stored
 depends on the device (`stores_binaries_by_default`: not on PoCL, where fetching a binary
-is expensive and its own kernel cache does the job) unless the cache says otherwise.
+is expensive and its own kernel cache does the job) unless the cache says otherwise. Where
+binaries are not stored, finding none is the rule: counted apart from misses
+(`CacheStats.left_to_driver`), and not reported as a build from source.
 
 Layout (the root is `EMBER_CACHE_DIR`, else the user cache directory of `platformdirs`):
 
@@ -15,7 +17,13 @@ Layout (the root is `EMBER_CACHE_DIR`, else the user cache directory of `platfor
     programs/<key[:2]>/<key>/source.cl    the source it was built from (for reading, import)
     programs/<key[:2]>/<key>/info.json    key fields and the binary's sha256
     pocl/                                 PoCL's own kernel cache (see `share_pocl_cache`)
+    pocl/ember-warm/<key>, ember-warm/<key>   markers: workers built the program without a
+                                          crash (runtime/opencl.py `prebuild`)
+    tuning/<device>-<digest>.json         the TuningDB, one file per device (tuning/db.py)
     templates/                            compiled kernel templates (render.TemplateCodeCache)
+
+`ember cache info` counts each part (cache_contents.py); `clear` removes all but the TuningDB
+unless asked (tuned parameters take minutes to measure again, kernels seconds to build).
 
 An entry is written into a temporary directory beside its final place, fsynced, then renamed
 into place in one step: readers see a whole entry or none, and two writers of one key leave
@@ -37,6 +45,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +66,9 @@ log = logging.getLogger(__name__)
 FORMAT = 1  # layout of entries and archives; a new layout never reads an old one
 PROGRAMS = "programs"
 POCL = "pocl"
+WARM = "ember-warm"  # runtime/opencl.py `_warm_marker` writes these
+TUNING = "tuning"  # tuning/db.py `tuning_dir` (the tuning stage imports runtime, not back)
+TEMPLATES = TEMPLATE_CODE
 BINARY, SOURCE, INFO = "binary", "source.cl", "info.json"
 MAX_INFO_BYTES = 1 << 20  # info.json is a few hundred bytes; anything huge is not ours
 POCL_PLATFORM = "Portable Computing Language"
@@ -97,7 +109,9 @@ class CacheStats:
     """What one BinaryCache did in this process (tests and `ember cache build` read it)."""
 
     hits: int = 0  # programs built from a cached binary
-    misses: int = 0  # no entry, or a broken one
+    misses: int = 0  # no entry, or a broken one, on a device whose binaries are kept
+    left_to_driver: int = 0  # no entry on a device whose binaries are not kept (PoCL: its
+    #                          own kernel cache answers the build)
     stores: int = 0
     rejected: int = 0  # entries found broken or refused by the driver, then deleted
     store_errors: int = 0  # writes that failed (read-only, disk full); the compile went on
@@ -163,16 +177,18 @@ class BinaryCache:
             setattr(self.stats, name, getattr(self.stats, name) + 1)
 
     # -- reading ---------------------------------------------------------------------------
-    def load(self, key: str, source: str, options: Sequence[str], fingerprint: str
-             ) -> bytes | None:
-        """The binary stored under `key`, or None. A broken entry is deleted (and logged)."""
+    def load(self, key: str, source: str, options: Sequence[str], fingerprint: str,
+             *, kept: bool = True) -> bytes | None:
+        """The binary stored under `key`, or None. A broken entry is deleted (and logged).
+        `kept`: whether this device's binaries are stored (`wants_binary`); where they are
+        not, a missing entry is the rule, counted as `left_to_driver`, not as a miss."""
         where = self.entry_dir(key)
         try:
             present = where.is_dir()
         except OSError:  # an unreadable cache directory is an empty one
             present = False
         if not present:
-            self.record("misses")
+            self.record("misses" if kept else "left_to_driver")
             return None
         try:
             info = _read_info(where)
@@ -285,24 +301,22 @@ class BinaryCache:
         return sorted(p for p in self.pocl_dir.rglob("*") if p.is_file()
                       and not p.name.startswith(("tempfile", ".tmp-")))
 
-    def clear(self) -> tuple[int, int]:
-        """Delete every entry, PoCL's files and the compiled templates under the root:
-        (entries, bytes) removed. The pocl directory itself stays, as a running PoCL
-        expects it."""
-        entries = sum(1 for _ in self.entry_dirs())
-        templates = self.root / TEMPLATE_CODE
-        nbytes = sum(_tree_bytes(d) for d in (self.programs_dir, self.pocl_dir, templates))
+    def clear(self, *, tuning: bool = False) -> None:
+        """Delete every entry, PoCL's files, the warm markers and the compiled templates
+        under the root, and the TuningDB only when `tuning` is set (cache_contents.py counts
+        what is there before). The pocl directory itself stays, as a running PoCL expects
+        it."""
         # Each tree is renamed aside before it is deleted, so that a process reading or
         # writing the cache at the same time sees whole entries or none, never half of one.
-        for tree in (self.programs_dir, templates):
+        trees = [self.programs_dir, self.root / TEMPLATES, self.root / WARM]
+        for tree in trees + ([self.root / TUNING] if tuning else []):
             _delete_aside(tree)
         if self.pocl_dir.is_dir():
-            for child in self.pocl_dir.iterdir():
+            for child in _listing(self.pocl_dir):
                 if child.is_dir():
                     _delete_aside(child)
                 else:
                     child.unlink(missing_ok=True)
-        return entries, nbytes
 
 
 def _listing(directory: Path) -> list[Path]:
@@ -475,7 +489,31 @@ def share_pocl_cache() -> Path | None:
     os.environ[POCL_ENV] = str(where)
     _POCL_SHARED[:] = [where]
     log.debug("PoCL's kernel cache is %s", where)
+    _sweep_pocl_leftovers(where)
     return where
+
+
+POCL_LEFTOVER_SECONDS = 3600.0
+
+
+def _sweep_pocl_leftovers(where: Path) -> None:
+    """Quirk, PoCL: each process leaves an empty `tempfile_*` at the top of its cache. An
+    empty one older than an hour is no write in progress (PoCL fills a temp file and renames
+    it at once): delete it, so that the directory does not grow by one file a run."""
+    horizon = time.time() - POCL_LEFTOVER_SECONDS
+    try:
+        with os.scandir(where) as found:
+            items = [i for i in found if i.name.startswith("tempfile")]
+    except OSError:
+        return
+    for item in items:
+        try:  # another process may sweep it first
+            stat = item.stat(follow_symlinks=False)
+            if item.is_file(follow_symlinks=False) and stat.st_size == 0 \
+                    and stat.st_mtime < horizon:
+                os.unlink(item.path)
+        except OSError:
+            continue
 
 
 def pocl_cache_in_use() -> Path | None:

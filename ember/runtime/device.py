@@ -13,13 +13,16 @@ from dataclasses import dataclass, replace
 
 from ember.runtime.cache import share_pocl_cache
 from ember.codegen.families import FAMILIES, DeviceTraits, Family, Target, read_traits
-from ember.errors import DeviceError
+from ember.errors import DeviceError, InputError
 
-__all__ = ["DeviceInfo", "devices", "resolve_target", "OpenCLDevice", "NUMPY"]
+__all__ = ["DeviceInfo", "DeviceList", "devices", "resolve_target", "with_threads",
+           "OpenCLDevice", "NUMPY", "NUMPY_ALIASES"]
 
 log = logging.getLogger(__name__)
 
-NUMPY = "cpu"  # the target name of the numpy executor
+NUMPY = "numpy"  # the target name of the numpy executor
+# "cpu" names it too, as it did first; the OpenCL CPU device (PoCL) is "opencl:P:D"
+NUMPY_ALIASES = (NUMPY, "cpu")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,20 @@ class DeviceInfo:
             f"{self.target}  {t.name} ({t.device_type}, {t.vendor}; {t.platform}; "
             f"driver {t.driver_version}) family={self.family.name}"
         )
+
+    def __repr__(self) -> str:
+        t = self.traits
+        units = f"{t.compute_units} compute unit{'s' if t.compute_units != 1 else ''}"
+        simulator = ", simulator" if t.simulator else ""
+        return (f"<DeviceInfo {self.target} {t.name!r} {t.device_type}, family "
+                f"{self.family.name}, {units}{simulator}>")
+
+
+class DeviceList(list):
+    """The list `devices()` returns: printed one device a line, as a list still."""
+
+    def __repr__(self) -> str:
+        return "[" + ",\n ".join(repr(info) for info in self) + "]"
 
 
 def _cl():
@@ -90,9 +107,9 @@ def _discover_once() -> tuple[tuple[DeviceInfo, object], ...]:
     return tuple(found)
 
 
-def devices() -> list[DeviceInfo]:
+def devices() -> DeviceList:
     """Every OpenCL device on this machine, with its family."""
-    return [info for info, _ in _discover()]
+    return DeviceList(info for info, _ in _discover())
 
 
 class OpenCLDevice:
@@ -159,12 +176,12 @@ def resolve_target(target: str | None) -> OpenCLDevice | None:
 
     None: the first OpenCL GPU, else the first OpenCL device, else numpy; simulators
     (Oclgrind) are never picked this way, only by "opencl:P:D" or "oclgrind".
-    "cpu" (or "numpy"): numpy. "opencl": like None but an error when no device exists.
+    "numpy" (alias "cpu"): numpy. "opencl": like None but an error when no device exists.
     "opencl:P:D": platform P, device D.
     "T@FAMILY" (testing): device T with codegen choosing as for a device of FAMILY (a
     key of families.FAMILIES), e.g. "oclgrind@amd-gcn".
     """
-    if target in (NUMPY, "numpy"):
+    if target in NUMPY_ALIASES:
         return None
     if target is not None and "@" in target:
         base, family = target.rsplit("@", 1)
@@ -196,4 +213,68 @@ def resolve_target(target: str | None) -> OpenCLDevice | None:
         except (ValueError, IndexError):
             raise DeviceError(f"target {target!r}: expected 'opencl:PLATFORM:DEVICE'") from None
         return _open(p_index, d_index)
-    raise DeviceError(f"unknown target {target!r}; use None, 'cpu', 'opencl', 'oclgrind' or 'opencl:P:D'")
+    raise DeviceError(f"unknown target {target!r}; use None, 'numpy' (alias 'cpu'), 'opencl', "
+                      "'oclgrind' or 'opencl:P:D'")
+
+
+# -- threads ---------------------------------------------------------------------------------
+def with_threads(device: OpenCLDevice | None, threads: int | None) -> OpenCLDevice | None:
+    """`device` limited to `threads` compute units (None: the device as it is).
+
+    An OpenCL CPU device (PoCL) runs work-groups on one thread per compute unit, and device
+    fission (clCreateSubDevices) is OpenCL's one way to give a context fewer of them: the
+    context and queue are made on a sub-device of `threads` units. A device that cannot be
+    partitioned is used whole, with a warning. A GPU schedules its own threads, so the
+    setting is ignored there (a log line); numpy has none to map onto (its BLAS reads
+    OMP_NUM_THREADS and the like when the process starts)."""
+    if threads is None:
+        return device
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InputError(f"threads must be a whole number >= 1, got {threads!r}")
+    if device is None:
+        log.warning("threads=%d: the numpy target has no thread setting; numpy's BLAS takes "
+                    "its thread count from environment variables (OMP_NUM_THREADS, "
+                    "OPENBLAS_NUM_THREADS, MKL_NUM_THREADS) set before the process starts",
+                    threads)
+        return None
+    traits = device.info.traits
+    if traits.device_type != "CPU":
+        log.info("threads=%d ignored: %s is a %s, whose driver schedules its own threads",
+                 threads, traits.name, traits.device_type)
+        return device
+    if threads >= traits.compute_units:
+        if threads > traits.compute_units:
+            log.warning("threads=%d: %s has %d compute units; using all of them", threads,
+                        traits.name, traits.compute_units)
+        return device
+    with _OPEN_LOCK:
+        sub = _sub_device(device, threads)
+    if sub is None:
+        log.warning("threads=%d: %s cannot be partitioned into sub-devices; using the whole "
+                    "device (%d compute units)", threads, traits.name, traits.compute_units)
+        return device
+    return sub
+
+
+@functools.lru_cache(maxsize=None)
+def _sub_device(device: OpenCLDevice, units: int) -> OpenCLDevice | None:
+    """A sub-device of `units` compute units (one per device and count, as contexts are),
+    or None where the driver offers no partition by count."""
+    cl = _cl()
+    prop = cl.device_partition_property
+    try:
+        offered = set(device.device.partition_properties)
+        if prop.EQUALLY in offered:
+            parts = device.device.create_sub_devices([prop.EQUALLY, units])
+        elif prop.BY_COUNTS in offered:
+            parts = device.device.create_sub_devices(
+                [prop.BY_COUNTS, units, prop.BY_COUNTS_LIST_END])
+        else:
+            return None
+    except cl.Error as exc:
+        log.info("partitioning %s into %d compute unit(s) failed: %s", device.info.traits.name,
+                 units, exc)
+        return None
+    sub = parts[0]
+    traits = replace(device.info.traits, compute_units=int(sub.max_compute_units))
+    return OpenCLDevice(replace(device.info, traits=traits), sub)

@@ -49,7 +49,8 @@ from ember.runtime.memory import build_memory_plan
 from ember.runtime.plan import HOST, ExecutionPlan, Step
 from ember.runtime.warm import warm_kernel
 
-__all__ = ["OpenCLExecutor", "build_program", "program_source", "prebuild", "BuildCrash"]
+__all__ = ["OpenCLExecutor", "build_program", "program_from_binary", "program_source", "prebuild",
+           "BuildCrash"]
 
 log = logging.getLogger(__name__)
 
@@ -103,16 +104,50 @@ def build_program(device: OpenCLDevice, source: str, options: tuple[str, ...] = 
     return program
 
 
+def program_from_binary(device: OpenCLDevice, source: str, binary: bytes,
+                        options: tuple[str, ...] = ()):
+    """Build `source`'s program from a binary the driver made earlier (a bundle's), and keep
+    it as `build_program` keeps what it builds, so that an executor of that source uses it.
+    A binary the driver refuses raises CompileError with the driver's message."""
+    import pyopencl as cl
+
+    digest = hashlib.sha256((source + "\0" + " ".join(options)).encode()).hexdigest()
+    with _PROGRAMS_LOCK:
+        program = _PROGRAMS.get((id(device.context), digest))
+    if program is not None:
+        return program
+    try:
+        program = cl.Program(device.context, [device.device], [binary]).build(
+            options=list(options))
+    except cl.Error as exc:
+        raise CompileError(f"the driver of {device.info.traits.name} refused the program "
+                           f"binary ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+                           ) from None
+    with _PROGRAMS_LOCK:
+        _PROGRAMS.setdefault((id(device.context), digest), program)
+    return program
+
+
 def _load_binary(store: BinaryCache, key: str, device: OpenCLDevice, source: str,
                  options: tuple[str, ...]):
     """The program from its cached binary, or None. A binary the driver refuses is deleted:
     the caller builds from source and stores a fresh one."""
     import pyopencl as cl
 
-    binary = store.load(key, source, options, device.info.traits.fingerprint)
+    traits = device.info.traits
+    kept = store.wants_binary(traits)
+    binary = store.load(key, source, options, traits.fingerprint, kept=kept)
     if binary is None:
-        log.info("program %s is not in the binary cache %s for %s: building from source",
-                 key[:12], store.root, device.info.traits.name)
+        if kept:
+            log.info("program %s is not in the binary cache %s for %s: building from source",
+                     key[:12], store.root, traits.name)
+        elif traits.platform == POCL_PLATFORM:
+            log.debug("program %s: PoCL builds it through its own kernel cache (%s); ember "
+                      "stores PoCL binaries only in `ember cache build`", key[:12],
+                      pocl_cache_in_use() or "PoCL's default place")
+        else:
+            log.debug("program %s: building from source (%r stores no binaries)", key[:12],
+                      store)
         return None
     try:
         program = cl.Program(device.context, [device.device], [binary]).build(
@@ -150,13 +185,11 @@ class BuildCrash:
     reason: str  # e.g. "worker killed by SIGABRT (LLVM ERROR: ...)"
 
 
-# (kernel name, launches of it: (global size, local size, argument bytes))
-_KernelLaunches = tuple[str, tuple[tuple[tuple[int, ...], tuple[int, ...] | None,
-                                         tuple[int, ...]], ...]]
 
 
 def _launches_by_kernel(plan: ExecutionPlan) -> dict[str, set]:
-    """Each kernel's distinct launches: sizes and the bytes of every argument."""
+    """Each kernel's distinct launches: sizes, the bytes of every buffer argument and the
+    scalar arguments."""
     found: dict[str, set] = {}
     for step in plan.steps:
         if step.placement == HOST or step.lowered is None:
@@ -167,7 +200,7 @@ def _launches_by_kernel(plan: ExecutionPlan) -> dict[str, set]:
                                 step.lowered.temps)
             found.setdefault(launch.kernel.name, set()).add(
                 (tuple(launch.global_size), launch.local_size and tuple(launch.local_size),
-                 tuple(sizes)))
+                 tuple(sizes), tuple(launch.scalar_arguments())))
     return found
 
 
@@ -183,54 +216,15 @@ _KERNELS_PER_WORKER = 4
 def prebuild(plan: ExecutionPlan, device: OpenCLDevice,
              cache: bool | str | os.PathLike[str] | BinaryCache | None = True
              ) -> list[BuildCrash]:
-    """Build and launch a cold program's kernels in workers (see the module docstring);
+    """Build and launch each cold program's kernels in workers (see the module docstring);
     the steps whose kernel killed its worker (empty: the executor can build safely). Build
     or launch errors that do not kill a worker are left to the executor to report."""
-    kernels = plan.kernels()
-    if not kernels or not isolated():
+    if not isolated():
         return []
-    source = program_source(kernels)
-    digest = hashlib.sha256((source + "\0").encode()).hexdigest()
-    with _PROGRAMS_LOCK:
-        if (id(device.context), digest) in _PROGRAMS:
-            return []
-    store = resolve_cache(cache)
-    marker = None
-    if store is not None:
-        key = cache_key(source, (), device.info.traits.fingerprint, ember_version())
-        marker = _warm_marker(store, key, device)
-        try:
-            if store.entry_dir(key).is_dir() or marker.exists():
-                return []
-        except OSError:
-            pass
     launches = _launches_by_kernel(plan)
-    where = (device.info.platform_index, device.info.device_index)
-    names = list(launches)
-    jobs = [(warm_kernel, (where, source, (), name, sorted(launches[name], key=str)))
-            for name in names]
-    start = time.perf_counter()
-    # each worker builds the whole program first (~0.3-0.5 s on PoCL): another worker pays
-    # off only for several kernels
-    parallel = min(worker_count(), -(-len(jobs) // _KERNELS_PER_WORKER))
-    try:
-        outcomes = shared_pool().run(jobs, timeout=600.0, parallel=parallel)
-    except OSError as exc:  # no process could be started (limits, no memory): build here
-        log.warning("could not start build workers (%s); building in this process", exc)
-        return []
-    log.info("built %d kernel(s) in workers in %.2fs", len(jobs), time.perf_counter() - start)
-    crashed = {name: o.error for name, o in zip(names, outcomes) if o.crashed}
-    for name, o in zip(names, outcomes):
-        if not o.ok and not o.crashed:
-            log.debug("kernel %s in a worker: %s", name, o.error)
-    if not crashed:
-        if marker is not None and all(o.ok for o in outcomes):
-            try:
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
-            except OSError as exc:
-                log.debug("could not write %s: %s", marker, exc)
-        return []
+    crashed: dict[str, str] = {}
+    for kernels in plan.programs():
+        crashed.update(_prebuild_program(kernels, launches, device, cache))
     found = []
     for step in plan.steps:
         if step.lowered is None:
@@ -241,6 +235,55 @@ def prebuild(plan: ExecutionPlan, device: OpenCLDevice,
                                         str(crashed[kernel.name])))
                 break
     return found
+
+
+def _prebuild_program(kernels: list, launches: dict[str, set], device: OpenCLDevice,
+                      cache: bool | str | os.PathLike[str] | BinaryCache | None
+                      ) -> dict[str, str]:
+    """Build one program in workers and launch its kernels that `launches` lists; the
+    kernels that killed their worker, with the reason."""
+    source = program_source(kernels)
+    digest = hashlib.sha256((source + "\0").encode()).hexdigest()
+    with _PROGRAMS_LOCK:
+        if (id(device.context), digest) in _PROGRAMS:
+            return {}
+    store = resolve_cache(cache)
+    marker = None
+    if store is not None:
+        key = cache_key(source, (), device.info.traits.fingerprint, ember_version())
+        marker = _warm_marker(store, key, device)
+        try:
+            if store.entry_dir(key).is_dir() or marker.exists():
+                return {}
+        except OSError:
+            pass
+    where = (device.info.platform_index, device.info.device_index)
+    names = [k.name for k in kernels if k.name in launches]
+    jobs = [(warm_kernel, (where, source, (), name, sorted(launches[name], key=str)))
+            for name in names]
+    if not jobs:
+        return {}
+    start = time.perf_counter()
+    # each worker builds the whole program first (~0.3-0.5 s on PoCL): another worker pays
+    # off only for several kernels
+    parallel = min(worker_count(), -(-len(jobs) // _KERNELS_PER_WORKER))
+    try:
+        outcomes = shared_pool().run(jobs, timeout=600.0, parallel=parallel)
+    except OSError as exc:  # no process could be started (limits, no memory): build here
+        log.warning("could not start build workers (%s); building in this process", exc)
+        return {}
+    log.info("built %d kernel(s) in workers in %.2fs", len(jobs), time.perf_counter() - start)
+    crashed = {name: o.error for name, o in zip(names, outcomes) if o.crashed}
+    for name, o in zip(names, outcomes):
+        if not o.ok and not o.crashed:
+            log.debug("kernel %s in a worker: %s", name, o.error)
+    if not crashed and marker is not None and all(o.ok for o in outcomes):
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError as exc:
+            log.debug("could not write %s: %s", marker, exc)
+    return crashed
 
 
 class _BoundLaunch:
@@ -260,9 +303,14 @@ class OpenCLExecutor:
         self._cl = cl
         self.plan = plan
         self.device = device
-        kernels = plan.kernels()
-        self.program = (build_program(device, program_source(kernels), cache=cache)
-                        if kernels else None)
+        # kernel name -> its program: the model's shared program of generic kernels, and
+        # this shape's own
+        self._program_of: dict[str, object] = {}
+        self.programs = []
+        for kernels in plan.programs():
+            program = build_program(device, program_source(kernels), cache=cache)
+            self.programs.append(program)
+            self._program_of.update((k.name, program) for k in kernels)
         self.memory = plan.memory if plan.memory is not None else build_memory_plan(plan)
         # Kernel args do not keep their buffers alive: the executor must (else use-after-free).
         self._arenas = [
@@ -285,9 +333,10 @@ class OpenCLExecutor:
         temps = [self._arenas[b] for b in self.memory.temps[index]]
         bound = []
         for launch in step.lowered.launches:
-            kernel = cl.Kernel(self.program, launch.kernel.name)
+            kernel = cl.Kernel(self._program_of[launch.kernel.name], launch.kernel.name)
             kernel.set_args(*launch.bind([self.buffers[s] for s in step.inputs],
-                                         [self.buffers[s] for s in step.outputs], temps))
+                                         [self.buffers[s] for s in step.outputs], temps),
+                            *launch.scalar_arguments())
             bound.append(_BoundLaunch(kernel, launch.global_size, launch.local_size))
         return bound
 

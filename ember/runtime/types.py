@@ -54,6 +54,9 @@ class ExecutionPlan:
     # device buffers per slot (runtime/memory.py), planned for `steps` in this order:
     # build_memory_plan again after changing the steps
     memory: MemoryPlan | None = None
+    # the model's generic kernels (codegen/generic.py): one program shared by all its
+    # shapes, built apart from the kernels of this shape alone
+    shared_kernels: tuple[Kernel, ...] = ()
 
     def kernels(self) -> list[Kernel]:
         """Every distinct kernel of the plan, in first-use order (one program holds them)."""
@@ -63,6 +66,13 @@ class ExecutionPlan:
                 for kernel in step.lowered.kernels:
                     seen.setdefault(kernel.name, kernel)
         return list(seen.values())
+
+    def programs(self) -> list[list[Kernel]]:
+        """The kernels of each program to build: the shared program (all of it, used here
+        or not, so that its source is the same for every shape), then this plan's own."""
+        shared = {k.name for k in self.shared_kernels}
+        own = [k for k in self.kernels() if k.name not in shared]
+        return [group for group in (list(self.shared_kernels), own) if group]
 
     def root(self, slot: int) -> int:
         """The slot that owns the buffer behind `slot` (following view aliases)."""

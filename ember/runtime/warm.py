@@ -20,8 +20,10 @@ import numpy as np
 
 __all__ = ["warm_kernel", "Launches"]
 
-# (global size, local size or None, bytes of each argument) per distinct launch
-Launches = list[tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int, ...]]]
+# (global size, local size or None, bytes of each buffer argument, the scalar arguments
+# after them as numpy scalars) per distinct launch
+Launches = list[tuple[tuple[int, ...], tuple[int, ...] | None, tuple[int, ...],
+                      tuple[np.generic, ...]]]
 
 _BUILT: dict[tuple[tuple[int, int], str], tuple[Any, Any, Any]] = {}
 
@@ -49,7 +51,7 @@ def warm_kernel(where: tuple[int, int], source: str, options: tuple[str, ...], n
     import pyopencl as cl
 
     context, queue, program = _program(where, source, options)
-    for global_size, local_size, sizes in launches:
+    for global_size, local_size, sizes, scalars in launches:
         if 0 in global_size:
             continue
         buffers = []
@@ -58,6 +60,6 @@ def warm_kernel(where: tuple[int, int], source: str, options: tuple[str, ...], n
             cl.enqueue_fill_buffer(queue, buffer, np.uint8(0), 0, max(nbytes, 1))
             buffers.append(buffer)
         kernel = cl.Kernel(program, name)
-        kernel.set_args(*buffers)
+        kernel.set_args(*buffers, *scalars)
         cl.enqueue_nd_range_kernel(queue, kernel, global_size, local_size)
         queue.finish()

@@ -16,7 +16,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -26,6 +26,7 @@ from ember.codegen.types import Kernel, Lowered, NodeSpec
 from ember.ir import OPS, DType
 from ember.runtime.device import devices, resolve_target
 from ember.runtime.opencl import program_source
+from ember.tuning.progress import TuneProgress
 
 __all__ = ["TOLERANCE", "TuningDevice", "TuneBudget", "Rejected", "Bench", "measure_batch",
            "measure_in_worker"]
@@ -49,7 +50,9 @@ class TuningDevice(Protocol):
 
 @dataclass(frozen=True)
 class TuneBudget:
-    """How long tuning may take, and how thoroughly it measures."""
+    """How long tuning may take, how thoroughly it measures, and who hears of its progress
+    (`progress`: a TuneProgress, or True / False / None for tqdm's bar shown always / never
+    / on a terminal; not part of the budget's identity, and never sent to a worker)."""
 
     model_seconds: float = 60.0
     kernel_seconds: float = 20.0
@@ -60,6 +63,7 @@ class TuneBudget:
     restarts: int = 1  # further random samples (and refinements) once a refinement ends
     seed: int = 0
     rotate_bytes: int = 64 << 20  # buffer copies rotated through: at least this many bytes
+    progress: bool | TuneProgress | None = field(default=None, compare=False, repr=False)
 
 
 class Rejected(Exception):

@@ -7,18 +7,27 @@ platform and family (`Target.identity`).
 
 File format (`SCHEMA_VERSION`):
 
-    {"version": 1,
+    {"version": 2,
      "device": {"vendor": ..., "device": ..., "driver": ..., "platform": ..., "family": ...},
      "entries": {"<kind>|<key>": {"kind": "gemm_cpu", "key": "MatMul float32[...] ...",
                                   "params": {"mr": 6, ...}, "seconds": 0.0012,
-                                  "default_seconds": 0.0019, ...}}}
+                                  "default_seconds": 0.0019, "complete": true, ...}}}
+
+Version 2 added `complete`: false when the model's budget ended the kernel's search before
+its own budget did, so that the next `ember tune` searches it again (from the best set so
+far). Version 1 files are read as version 2 files whose entries are all complete.
+
+Lookups (`find`, `table`) answer a key from its own entry, else from an entry of the same
+kind in its size bucket (`params.bucket_key`: same dtypes and attributes, each dim in the
+same power-of-two range), the nearest in size: a model compiled for a new input shape gets
+the parameters tuned for a neighbouring one, without tuning again.
 
 A file of another version, a corrupt file, a file of another device, and any entry whose
 params are not a legal set of its kind on this device are ignored with a log line: tuned
 parameters choose among correct kernels, so an untrusted file may cost speed, never
 correctness. Writes go through a temporary file, fsync and os.replace, under an exclusive
-lock file; `save()` merges with what is on disk (the faster entry of a key wins), so two
-processes tuning at once both keep their results.
+lock file; `save()` merges with what is on disk (per key, a complete entry wins over an
+incomplete one, then the faster), so two processes tuning at once both keep their results.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -35,15 +45,17 @@ from pathlib import Path
 from typing import Any
 
 from ember.codegen.families import Target, TuningTable
-from ember.codegen.params import param_kinds
+from ember.codegen.params import bucket_key, key_sizes, param_kinds
 from ember.errors import InputError
 from ember.paths import CACHE_DIR_ENV, default_cache_dir, file_lock, write_file_atomic
 
-__all__ = ["TuningDB", "SCHEMA_VERSION", "tuning_dir", "CACHE_DIR_ENV"]
+__all__ = ["TuningDB", "SCHEMA_VERSION", "READABLE_VERSIONS", "tuning_dir", "CACHE_DIR_ENV",
+           "is_complete"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no `complete` field (every entry complete)
 # What must match for an imported file to be taken; a driver or platform difference is
 # logged and accepted (the kernels stay correct, only their speed may differ).
 _SAME_DEVICE = ("vendor", "device", "family")
@@ -63,6 +75,22 @@ def _file_name(identity: dict[str, str]) -> str:
 def _seconds(entry: dict[str, Any]) -> float:
     value = entry.get("seconds")
     return float(value) if isinstance(value, (int, float)) else float("inf")
+
+
+def is_complete(entry: dict[str, Any]) -> bool:
+    """Whether an entry's search ran to its end (version 1 entries did)."""
+    return entry.get("complete", True) is not False
+
+
+def _rank(entry: dict[str, Any]) -> tuple[bool, float]:
+    """Which of two entries of one key to keep: the lower (complete first, then faster)."""
+    return (not is_complete(entry), _seconds(entry))
+
+
+def _distance(key: str, other: str) -> float:
+    """How far apart two problems of one bucket are: the sum of |log2| of their dims' ratios."""
+    return sum(abs(math.log2(max(a, 1) / max(b, 1)))
+               for a, b in zip(key_sizes(key), key_sizes(other)))
 
 
 class TuningDB:
@@ -93,9 +121,9 @@ class TuningDB:
             return refuse(f"not readable JSON ({exc})")
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
             return refuse("not a tuning file (no 'entries' object)")
-        if data.get("version") != SCHEMA_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             return refuse(f"schema version {data.get('version')!r}, this ember reads "
-                          f"{SCHEMA_VERSION}")
+                          f"{' and '.join(map(str, READABLE_VERSIONS))}")
         device = data.get("device")
         if not isinstance(device, dict):
             return refuse("no 'device' object")
@@ -158,31 +186,63 @@ class TuningDB:
     def entries(self) -> list[dict[str, Any]]:
         return [dict(e) for _, e in sorted(self._entries.items())]
 
+    def find(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The entry that answers a kernel: its own, else the one of its size bucket
+        (`params.bucket_key`) nearest in size, complete entries first; None when neither
+        exists. `entry["key"] != key` says it came from the bucket."""
+        own = self._entries.get(f"{kind}|{key}")
+        if own is not None:
+            return dict(own)
+        bucket = bucket_key(key)
+        mates = [e for e in self._entries.values()
+                 if e["kind"] == kind and bucket_key(e["key"]) == bucket]
+        if not mates:
+            return None
+        return dict(min(mates, key=lambda e: (not is_complete(e), _distance(key, e["key"]),
+                                              e["key"])))
+
     def table(self, keys: Iterable[tuple[str, str]] | None = None) -> TuningTable:
-        """The tuned params of `keys` (all when None), to put in a Target."""
-        wanted = None if keys is None else {f"{kind}|{key}" for kind, key in keys}
-        found = {}
-        for name, entry in self._entries.items():
-            if wanted is None or name in wanted:
-                found[(entry["kind"], entry["key"])] = self._params(entry["kind"], entry["params"])
+        """The tuned params of `keys` (every entry when None), to put in a Target: a key's
+        own entry under its key, else its bucket's entry under its bucket key, where
+        `params_for` looks next. Keys of one bucket without entries of their own share the
+        bucket's slot, filled for the first of them in sorted order."""
+        found: dict[tuple[str, str], Any] = {}
+        if keys is None:
+            for entry in self._entries.values():
+                found[(entry["kind"], entry["key"])] = self._params(entry["kind"],
+                                                                    entry["params"])
+            return TuningTable.of(found)
+        for kind, key in sorted(set(keys)):
+            entry = self.find(kind, key)
+            if entry is None:
+                continue
+            name = key if entry["key"] == key else bucket_key(key)
+            if (kind, name) not in found:
+                found[(kind, name)] = self._params(kind, entry["params"])
+                if name != key:
+                    log.info("%s %s takes the tuned params of %s (same size bucket)", kind,
+                             key, entry["key"])
         return TuningTable.of(found)
 
     # -- writing ------------------------------------------------------------------------
-    def put(self, kind: str, key: str, params: Any, **info: Any) -> None:
-        """Remember tuned params (in memory until `save`); `info` is what was measured."""
+    def put(self, kind: str, key: str, params: Any, *, complete: bool = True,
+            **info: Any) -> None:
+        """Remember tuned params (in memory until `save`); `info` is what was measured,
+        `complete` whether the search ran to its end."""
         entry = {"kind": kind, "key": key, "params": dataclasses.asdict(params), **info,
-                 "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                 "complete": complete, "tuned_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         why = self._invalid(f"{kind}|{key}", entry)
         if why:
             raise ValueError(f"cannot store tuning entry {kind}|{key}: {why}")
         self._entries[f"{kind}|{key}"] = json.loads(json.dumps(entry))  # plain JSON values
 
     def _merge(self, entries: dict[str, dict[str, Any]]) -> int:
-        """Take `entries` where they are new or faster than ours; how many were taken."""
+        """Take `entries` where they are new or better than ours (complete where ours is
+        not, else faster); how many were taken."""
         taken = 0
         for name, entry in entries.items():
             mine = self._entries.get(name)
-            if mine is None or _seconds(entry) < _seconds(mine):
+            if mine is None or _rank(entry) < _rank(mine):
                 self._entries[name] = entry
                 taken += 1
         return taken
@@ -196,7 +256,7 @@ class TuningDB:
         it atomically, under the lock."""
         with file_lock(self.path.with_name(self.path.name + ".lock")):
             disk = self._read(self.path, strict=False)
-            # ours win unless the disk's entry is faster
+            # ours win unless the disk's entry is better
             ours = self._entries
             self._entries = disk
             self._merge(ours)

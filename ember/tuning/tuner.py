@@ -30,7 +30,10 @@ Search: the builder's own (default) parameters first, then every candidate when 
 is small, else a random sample and a local refinement around the best (one axis step at a
 time, until no neighbour is faster), then another sample and refinement (`restarts`),
 within a time budget per kernel and per model. Results go to the DB after each
-kernel, so an interrupted run resumes where it stopped: keys already in the DB are skipped.
+kernel, so an interrupted run resumes where it stopped: a kernel the DB answers (its own
+entry, or one of its size bucket: db.py) is skipped, unless that entry is marked incomplete
+(the model's budget ended its search early), which is searched again from its best set.
+Progress goes to a TuneProgress (progress.py; by default tqdm's bar over the kernels).
 """
 
 from __future__ import annotations
@@ -40,29 +43,32 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
-
 
 from ember.codegen.families import Target, TuningTable
 from ember.codegen.types import Lowered, NodeSpec
 from ember.codegen.registry import lower
-from ember.codegen.params import Lookup, param_kinds, search_space, tunable_spec
+from ember.codegen.params import Lookup, key_tensors, param_kinds, search_space, tunable_spec
 from ember.tuning.bench import (
     TOLERANCE, Bench, Rejected, TuneBudget, TuningDevice, measure_batch, measure_in_worker,
 )
-from ember.tuning.db import TuningDB
+from ember.tuning.db import TuningDB, is_complete
+from ember.tuning.progress import TuneProgress, progress_of
 from ember.workers import isolated, shared_pool
 from ember.ir import DType
 from ember.ir.ops.attention import attention_geometry
 
 __all__ = ["TuneBudget", "Trial", "TuneResult", "Tuner", "Bench", "Rejected", "tuned_target",
-           "spec_flops", "spec_work", "TOLERANCE"]
+           "spec_flops", "spec_work", "shapes_text", "TOLERANCE", "TuneProgress"]
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 8  # candidates built into one program (one build instead of eight)
-
+# A kernel stopped by the model's deadline still counts as complete when it had at least this
+# share of its own budget: when the two budgets are equal, the first kernel's ends a moment
+# after the model's (it starts a moment after the model's clock does).
+_FULL_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,14 @@ class TuneResult:
     skipped: bool = False  # already in the DB: nothing measured
     exhausted: bool = False  # every candidate of the space was measured
     unit: str = "GFLOP/s"  # "GB/s" for kernels that move data more than they multiply
+    cut_short: bool = False  # the model's budget ended the search before the kernel's own
+    stored: dict[str, Any] | None = None  # the DB entry that answered a skipped kernel
+    spec: NodeSpec | None = None  # the problem tuned
+
+    @property
+    def from_bucket(self) -> bool:
+        """Skipped because an entry of the kernel's size bucket answers it."""
+        return self.stored is not None and self.stored.get("key") != self.key
 
     def _accepted(self) -> list[Trial]:
         return [t for t in self.trials if t.seconds is not None]
@@ -134,6 +148,16 @@ def spec_flops(spec: NodeSpec) -> int:
     return 0
 
 
+def shapes_text(key: str) -> str:
+    """A tuning key's operands for people: the first tensor's dtype, then the first two
+    tensors' shapes ('float32 11x19, 19x29'; a fused epilogue's inputs left out)."""
+    tensors = key_tensors(key)[:2]
+    if not tensors:
+        return key.split(" ", 1)[0]
+    dims = ["x".join(map(str, shape)) or "scalar" for _, shape in tensors]
+    return f"{tensors[0][0]} {', '.join(dims)}"
+
+
 def spec_work(spec: NodeSpec) -> tuple[int, str]:
     """What a kernel's speed is counted in: FLOPs for products, else the bytes it reads and
     writes (row kernels: softmax, norms), with the rate's unit."""
@@ -145,29 +169,33 @@ def spec_work(spec: NodeSpec) -> tuple[int, str]:
 
 
 
+@dataclass
+class _Count:
+    """Candidates of one kernel: about how many the search plans, and how many it measured."""
+
+    planned: int
+    measured: int = 0
+
+
 class Tuner:
     """Tunes kernels of one device and stores the winners in its TuningDB.
 
     `lowerer` is how a spec becomes launches (`lower`, the compiler's own path); tests
     pass a wrapper that breaks one candidate's kernel to show it is rejected. Workers get it
-    pickled by name: it must be a module-level function of an importable module."""
+    pickled by name: it must be a module-level function of an importable module.
+    `progress` (else the budget's): a TuneProgress, or whether tqdm's bar shows (None: on a
+    terminal)."""
 
     def __init__(self, device: TuningDevice, db: TuningDB | None = None,
-                 budget: TuneBudget = TuneBudget(), *, progress: bool | None = None,
+                 budget: TuneBudget = TuneBudget(), *,
+                 progress: bool | TuneProgress | None = None,
                  lowerer: Callable[[NodeSpec, Target], Lowered | None] = lower) -> None:
         self.device = device
         self.target = device.target.with_tuning(TuningTable())
         self.db = db
-        self.budget = budget
-        self.progress = progress
+        self.progress = progress_of(progress if progress is not None else budget.progress)
+        self.budget = replace(budget, progress=None)  # what workers get: plain data
         self.lowerer = lowerer
-
-    def _bar(self, total: int, desc: str) -> Any:
-        """A progress bar over candidates (progress=None: shown on a terminal only)."""
-        from tqdm import tqdm
-
-        return tqdm(total=total, desc=desc[:48], unit="cand", dynamic_ncols=True,
-                    disable=None if self.progress is None else not self.progress)
 
     def lookup_of(self, spec: NodeSpec) -> tuple[NodeSpec, Lookup] | None:
         """The plain problem a spec tunes as and its untuned lookup (None: not tunable)."""
@@ -181,20 +209,26 @@ class Tuner:
              deadline: float | None = None, force: bool = False) -> TuneResult | None:
         """Tune one spec (None when its builder has no tunables on this target). Explicit
         `candidates` are all measured (no budget), else the kind's search space is.
-        Keys already in the DB are skipped unless `force`."""
+        A kernel the DB answers (its own entry or its size bucket's, complete) is skipped
+        unless `force`; an incomplete entry's set is measured again, then the search."""
         found = self.lookup_of(spec)
         if found is None:
             return None
         plain, lookup = found
         work, unit = spec_work(plain)
-        result = TuneResult(lookup.kind, lookup.key, work, lookup, unit=unit)
-        if self.db is not None and not force and candidates is None \
-                and (lookup.kind, lookup.key) in self.db:
-            result.skipped = True
-            return result
+        result = TuneResult(lookup.kind, lookup.key, work, lookup, unit=unit, spec=plain)
+        label = f"{plain.op} {shapes_text(lookup.key)}"
+        stored = (self.db.find(lookup.kind, lookup.key)
+                  if self.db is not None and not force and candidates is None else None)
         start = time.perf_counter()
+        if stored is not None and is_complete(stored):
+            result.skipped, result.stored = True, stored
+            self.progress.kernel(label, 0, start)
+            self.progress.kernel_done()
+            return result
+        own_stop = start + self.budget.kernel_seconds
         stop = math.inf if candidates is not None else min(
-            deadline if deadline is not None else math.inf, start + self.budget.kernel_seconds)
+            deadline if deadline is not None else math.inf, own_stop)
         itemsize = 8 if plain.inputs[0].dtype is DType.FLOAT64 else 4
         space = search_space(lookup.kind, self.target, itemsize)
         kind = param_kinds()[lookup.kind]
@@ -204,7 +238,8 @@ class Tuner:
                                               self.budget.seed)
         seen: dict[tuple[str, ...], Trial] = {}
         exhaustive = candidates is not None or len(pool) <= self.budget.exhaustive_limit
-        bar = self._bar(1 + (len(pool) if exhaustive else self.budget.samples), lookup.key)
+        count = _Count(1 + (len(pool) if exhaustive else self.budget.samples))
+        self.progress.kernel(label, count.planned, stop)
 
         def measure(batch: Iterable[Any]) -> None:
             todo = []
@@ -228,9 +263,14 @@ class Tuner:
                     continue
                 todo.append((params, lowered, names))
             for i in range(0, len(todo), _CHUNK):
-                self._measure_chunk(bench, todo[i:i + _CHUNK], result, seen, stop, bar, plain)
+                self._measure_chunk(bench, todo[i:i + _CHUNK], result, seen, stop, count,
+                                    plain)
 
         measure([lookup.params])
+        if stored is not None:  # an incomplete search: its best set so far, measured again
+            resumed = kind.params_type(**stored["params"])
+            count.planned += 1
+            measure([resumed])
         if exhaustive:
             measure(pool)
             result.exhausted = {t.params for t in result.trials} >= set(pool)
@@ -240,24 +280,28 @@ class Tuner:
                 tried = {t.params for t in result.trials}
                 fresh = [p for p in space.sample(len(space), rng) if p not in tried]
                 if restart:
-                    bar.total += min(len(fresh), self.budget.samples)
+                    count.planned += min(len(fresh), self.budget.samples)
                 measure(fresh[:self.budget.samples])
                 while time.perf_counter() <= stop and result.best is not None:
                     tried = {t.params for t in result.trials}
                     nearby = [p for p in space.neighbours(result.best.params) if p not in tried]
                     if not nearby:
                         break
-                    bar.total += len(nearby)
+                    count.planned += len(nearby)
                     measure(nearby)
                 if time.perf_counter() > stop:
                     break
-        bar.close()
-        result.elapsed = time.perf_counter() - start
+        now = time.perf_counter()
+        result.elapsed = now - start
+        # ended by the model's deadline with less than its own budget: searched again later
+        result.cut_short = (candidates is None and not result.exhausted and now > stop
+                            and stop - start < _FULL_SHARE * (own_stop - start))
         self._store(result)
+        self.progress.kernel_done()
         return result
 
     def _measure_chunk(self, bench: Bench | None, todo: list, result: TuneResult,
-                       seen: dict[tuple[str, ...], Trial], stop: float, bar: Any,
+                       seen: dict[tuple[str, ...], Trial], stop: float, count: _Count,
                        plain: NodeSpec) -> None:
         for params, (seconds, error) in self._measure_many(todo, result, stop, bench, plain):
             names = next(n for p, _, n in todo if p == params)
@@ -266,10 +310,11 @@ class Tuner:
                 log.info("%s candidate %s rejected: %s", result.kind, params, trial.error)
             result.trials.append(trial)
             seen[names] = trial
-            bar.update(1)
+            count.measured += 1
             best = result.best
-            if best is not None:
-                bar.set_postfix_str(f"best {result.gflops(best.seconds) or 0:.1f} {result.unit}")
+            rate = (f"{result.gflops(best.seconds) or 0:.1f} {result.unit}"
+                    if best is not None else None)
+            self.progress.candidate(count.measured, count.planned, rate)
 
     def _measure_many(self, todo: list, result: TuneResult, stop: float, bench: Bench | None,
                       plain: NodeSpec | None) -> list[tuple[Any, tuple[float | None, str | None]]]:
@@ -322,7 +367,7 @@ class Tuner:
                     default_seconds=default.seconds if default else None,
                     default_level=result.default.level,
                     candidates=len(result.trials), rejected=len(result.rejected),
-                    exhausted=result.exhausted)
+                    exhausted=result.exhausted, complete=not result.cut_short)
         try:
             self.db.save()
         except OSError as exc:  # a read-only cache: this process still uses the result
@@ -338,24 +383,32 @@ class Tuner:
         # products first (where tuning pays most), then the rest, larger first
         order = sorted(found.values(), key=lambda s: (spec_flops(s) > 0, spec_work(s)[0]),
                        reverse=True)
+        if not order:
+            return []
         deadline = time.perf_counter() + self.budget.model_seconds
+        self.progress.begin(len(order), deadline, self.budget.kernel_seconds)
         results = []
-        for spec in order:
-            if time.perf_counter() > deadline:
-                log.info("tuning budget of %.0f s spent; %d kernel(s) left untuned",
-                         self.budget.model_seconds, len(order) - len(results))
-                break
-            result = self.tune(spec, deadline=deadline, force=force)
-            if result is not None:
-                results.append(result)
+        try:
+            for spec in order:
+                if time.perf_counter() > deadline:
+                    log.info("tuning budget of %.0f s spent; %d kernel(s) left untuned",
+                             self.budget.model_seconds, len(order) - len(results))
+                    break
+                result = self.tune(spec, deadline=deadline, force=force)
+                if result is not None:
+                    results.append(result)
+        finally:
+            self.progress.end()
         return results
 
 
 def tuned_target(specs: Sequence[NodeSpec], device: TuningDevice, *, tune: bool,
                  budget: TuneBudget = TuneBudget(), db: TuningDB | None = None,
-                 progress: bool | None = None) -> tuple[Target, list[TuneResult]]:
-    """The device's target carrying the DB's tuned params for these specs, tuning the ones
-    the DB lacks first when `tune`; and what tuning found."""
+                 progress: bool | TuneProgress | None = None
+                 ) -> tuple[Target, list[TuneResult]]:
+    """The device's target carrying the DB's tuned params for these specs (each kernel's
+    own, else its size bucket's: TuningDB.table), tuning the ones the DB lacks first when
+    `tune`; and what tuning found."""
     db = db if db is not None else TuningDB(device.target)
     tuner = Tuner(device, db, budget, progress=progress)
     results = tuner.tune_all(specs) if tune else []

@@ -11,6 +11,9 @@ stops a large search. The DB file itself is tested in test_tuning_db.py."""
 from __future__ import annotations
 
 import dataclasses
+import io
+import re
+import time
 
 import numpy as np
 import pytest
@@ -21,7 +24,8 @@ from ember.codegen.kernels.gemv_cpu import GemvParams
 from ember.codegen.types import Kernel, Lowered, NodeSpec
 from ember.codegen.registry import lower
 from ember.codegen.kernels.matmul import GemmParams
-from ember.codegen.params import param_kinds, search_space
+from ember.codegen.params import BUCKET_SOURCE, param_kinds, search_space
+from ember.tuning.progress import TuneBar, TuneProgress
 from ember.tuning.tuner import TuneBudget, Tuner
 from ember.tuning.db import TuningDB
 from ember.frontends.builder import GraphBuilder
@@ -226,8 +230,115 @@ def test_tuned_params_reach_the_kernel(device, opencl_target):
 def test_budget_stops_a_large_search(device):
     spec = matmul((33, 40), (40, 50))
     assert len(search_space("gemm_cpu", device.target)) > QUICK.exhaustive_limit
-    budget = dataclasses.replace(QUICK, kernel_seconds=0.5, samples=40)
+    # a tenth of a second: far less than 40 candidates take, even with their kernels built
+    # and the worker warm from earlier tests
+    budget = dataclasses.replace(QUICK, kernel_seconds=0.1, samples=40)
     result = Tuner(device, None, budget, progress=False).tune(spec)
     assert not result.exhausted and result.default_trial is not None
     assert len(result.trials) < 40 and result.elapsed < 10
     assert result.default.params == param_kinds()["gemm_cpu"].defaults["family"]["cpu"]
+
+
+# -- size buckets, resuming a search the budget cut short, progress -------------------------------
+def test_a_new_size_in_a_tuned_bucket_is_answered_from_the_db_unmeasured(device, opencl_target):
+    """Tuned at 23 rows, compiled with tune= at 29 (the bucket 17-32 of 23): the kernel is not
+    measured and takes the 23-row entry's params; at 40 rows (bucket 33-64) opt_level 3 has
+    nothing tuned."""
+    graph, _, _ = _model(m=23)
+    budget = TuneBudget(model_seconds=1, kernel_seconds=1, repeats=1, warmup=0, samples=2)
+    (tuned,) = ember.compile(graph, target=opencl_target, tune=budget).tune_results
+    db = TuningDB(device.target)
+    assert len(db) == 1 and not tuned.skipped
+
+    graph, x, expected = _model(m=29)
+    model = ember.compile(graph, target=opencl_target, tune=budget)
+    (result,) = model.tune_results
+    assert result.skipped and result.from_bucket and not result.trials
+    assert result.key != tuned.key and result.stored["key"] == tuned.key
+    lookup = _matmul_step(model).lowered.tuning
+    assert (lookup.level, lookup.source) == ("device", BUCKET_SOURCE)
+    assert lookup.params == db.get(tuned.kind, tuned.key)
+    assert_close(model(x=x)["y"], expected, tolerance=(1e-5, 1e-4))
+    db.reload()
+    assert len(db) == 1  # nothing new was tuned or stored
+
+    graph, _, _ = _model(m=40)
+    at_o3 = _matmul_step(ember.compile(graph, target=opencl_target, opt_level=3))
+    assert at_o3.lowered.tuning.level == "family"
+
+
+def test_a_search_the_model_budget_cut_short_is_searched_again(device):
+    """Stopped by the model's deadline well before its own budget, a kernel is stored as
+    incomplete; the next tuning measures its best set again and searches on."""
+    spec = matmul((33, 40), (40, 50))
+    db = TuningDB(device.target)
+    budget = dataclasses.replace(QUICK, kernel_seconds=30)
+    first = Tuner(device, db, budget, progress=False).tune(
+        spec, deadline=time.perf_counter() + 0.2)
+    assert first.cut_short and first.best is not None
+    assert db.entry(first.kind, first.key)["complete"] is False
+
+    again = Tuner(device, db, dataclasses.replace(QUICK, kernel_seconds=0.5),
+                  progress=False).tune(spec)
+    assert not again.skipped and not again.cut_short
+    assert first.best.params in {t.params for t in again.trials}
+    assert len(again.trials) > 1
+    assert TuningDB(device.target).entry(again.kind, again.key)["complete"] is True
+    skipped = Tuner(device, db, QUICK, progress=False).tune(spec)
+    assert skipped.skipped and not skipped.from_bucket
+
+
+class _Heard(TuneProgress):
+    """What a TuneProgress hears, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def begin(self, kernels, deadline, kernel_seconds):
+        self.events.append(("begin", kernels))
+
+    def kernel(self, label, planned, stop):
+        self.events.append(("kernel", label, planned))
+
+    def candidate(self, measured, planned, best):
+        self.events.append(("candidate", measured))
+
+    def kernel_done(self):
+        self.events.append(("done",))
+
+    def end(self):
+        self.events.append(("end",))
+
+
+def test_progress_hears_every_kernel_and_candidate_and_the_bar_keeps_to_the_budget(device):
+    specs = [matmul((9, 23), (23, 35)), matmul((1, 13), (13, 37))]
+    heard = _Heard()
+    budget = dataclasses.replace(QUICK, model_seconds=30, kernel_seconds=0.3, progress=heard)
+    results = Tuner(device, TuningDB(device.target), budget).tune_all(specs)
+    events = heard.events
+    assert events[0] == ("begin", 2) and events[-1] == ("end",)
+    starts = [e for e in events if e[0] == "kernel"]
+    assert [e[1] for e in starts] == ["MatMul float32 9x23, 23x35", "MatMul float32 1x13, 13x37"]
+    assert len([e for e in events if e[0] == "done"]) == 2
+    begun = [i for i, e in enumerate(events) if e[0] == "kernel"]
+    ended = [i for i, e in enumerate(events) if e[0] == "done"]
+    for result, first, last in zip(results, begun, ended):
+        counts = [e[1] for e in events[first:last] if e[0] == "candidate"]
+        assert counts == list(range(1, len(counts) + 1))  # each measured one, heard once
+        assert 1 <= len(counts) <= len(result.trials)
+
+    out = io.StringIO()
+    bar = TuneBar(show=True, file=out)
+    now = time.perf_counter()
+    bar.begin(3, now + 10, 4)
+    bar.kernel("MatMul float32 9x23, 23x35", 10, now + 4)
+    bar.candidate(5, 10, "3.0 GFLOP/s")
+    assert 0 < bar.eta() <= 10  # never past the model's budget
+    assert bar.eta(now + 3) <= 1 + 2 * 4  # the current kernel's stop, then two budgets
+    bar.kernel_done()
+    bar.end()
+    text = out.getvalue()
+    assert "0/3 kernels" in text and "1/3 kernels" in text
+    assert "candidate 5/10, best 3.0 GFLOP/s" in text
+    etas = [int(m[0]) * 60 + int(m[1]) for m in re.findall(r"<(\d+):(\d+)\]", text)]
+    assert etas and max(etas) <= 10

@@ -1,6 +1,7 @@
 """The TuningDB file (tuning/db.py): atomic writes, two processes saving at once,
-corrupt / other-version / other-device files ignored, entries checked before they are
-trusted, export and import. No OpenCL needed: the device is described by hand."""
+corrupt / other-version / other-device files ignored, version 1 files read, entries checked
+before they are trusted, complete entries kept over incomplete ones, size-bucket lookups,
+export and import. No OpenCL needed: the device is described by hand."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import pytest
 from ember.codegen.families import DeviceTraits, Target
 from ember.codegen.kernels.gemm_cpu import CpuGemmParams
 from ember.codegen.kernels.matmul import GemmParams
-from ember.tuning.db import SCHEMA_VERSION, TuningDB, tuning_dir
+from ember.codegen.params import BUCKET_SOURCE, bucket_key, params_for
+from ember.tuning.db import (
+    READABLE_VERSIONS, SCHEMA_VERSION, TuningDB, is_complete, tuning_dir,
+)
 from ember.errors import InputError
 
 CPU = DeviceTraits("pthread-test CPU", "AuthenticAMD", "OpenCL 3.0 PoCL", "3.0", "PoCL", "CPU",
@@ -111,7 +115,8 @@ def test_the_faster_entry_wins_a_merge():
 @pytest.mark.parametrize("content, why", [
     ("{not json", "not readable JSON"),
     ("[]", "not a tuning file"),
-    (json.dumps({"version": SCHEMA_VERSION - 1, "device": {}, "entries": {}}), "schema version"),
+    (json.dumps({"version": min(READABLE_VERSIONS) - 1, "device": {}, "entries": {}}),
+     "schema version"),
     (json.dumps({"version": SCHEMA_VERSION + 1, "device": {}, "entries": {}}), "schema version"),
 ])
 def test_corrupt_or_other_version_file_is_ignored(content, why, caplog):
@@ -184,3 +189,65 @@ def test_export_import_round_trip(tmp_path, monkeypatch):
         fresh.import_(broken)
     with pytest.raises(InputError, match="no such file"):
         fresh.import_(tmp_path / "missing.json")
+
+
+def test_version_1_file_is_read_with_every_entry_complete():
+    db = TuningDB(target())
+    db.put("gemm_cpu", KEY, CpuGemmParams(mr=3), seconds=1e-4)
+    db.save()
+    document = json.loads(db.path.read_text())
+    (entry,) = document["entries"].values()
+    entry.pop("complete")
+    document["version"] = 1
+    db.path.write_text(json.dumps(document))
+    again = TuningDB(target())
+    assert again.get("gemm_cpu", KEY) == CpuGemmParams(mr=3)
+    assert is_complete(again.find("gemm_cpu", KEY))
+    again.save()  # written back in the current version
+    assert json.loads(db.path.read_text())["version"] == SCHEMA_VERSION
+
+
+def test_a_complete_entry_wins_over_a_faster_incomplete_one():
+    partial, whole = CpuGemmParams(mr=2), CpuGemmParams(mr=4)
+    first, second = TuningDB(target()), TuningDB(target())
+    first.put("gemm_cpu", KEY, partial, seconds=1e-5, complete=False)
+    first.save()
+    second.put("gemm_cpu", KEY, whole, seconds=2e-5, complete=True)
+    second.save()
+    first.put("gemm_cpu", KEY, partial, seconds=1e-5, complete=False)
+    first.save()  # saved after the complete one: still loses to it
+    assert TuningDB(target()).get("gemm_cpu", KEY) == whole
+
+
+@pytest.mark.parametrize("key, bucket", [
+    (KEY, "MatMul float32[17-32,17-32] float32[17-32,17-32] trans_a=0 trans_b=0 packed=1"),
+    ("Conv float32[1,3,224,224] float32[64,3,7,7] strides=(2,2) float32[] packed=1",
+     ("Conv float32[1,3-4,129-256,129-256] float32[33-64,3-4,5-8,5-8] strides=(2,2) "
+      "float32[] packed=1")),
+    ("MatMul float16[1,2,0] int8[2,1] packed=-", "MatMul float16[1,2,0] int8[2,1] packed=-"),
+])
+def test_bucket_key_rounds_every_dim_up_to_a_power_of_two(key, bucket):
+    assert bucket_key(key) == bucket
+    assert bucket_key(bucket) == bucket  # a bucket's bucket is itself
+
+
+def test_a_new_size_takes_the_nearest_entry_of_its_bucket():
+    """[17,31] x [31,19] and [20,31] x [31,19] share a bucket; [33,31] x [31,19], float64 and
+    trans_b=1 do not. The bucket's entry reaches params_for under the bucket key."""
+    db = TuningDB(target())
+    near, far = CpuGemmParams(mr=3), CpuGemmParams(mr=5)
+    db.put("gemm_cpu", KEY, near, seconds=1e-4)
+    db.put("gemm_cpu", KEY.replace("[17,31]", "[32,31]"), far, seconds=1e-4)
+    new = KEY.replace("[17,31]", "[20,31]")
+    assert db.find("gemm_cpu", new)["key"] == KEY  # 20 is nearer 17 than 32
+    for other in (KEY.replace("[17,31]", "[33,31]"), KEY.replace("float32", "float64"),
+                  KEY.replace("trans_b=0", "trans_b=1")):
+        assert db.find("gemm_cpu", other) is None, other
+    assert db.find("gemv_cpu", new) is None  # another kind
+    table = db.table([("gemm_cpu", new), ("gemm_cpu", KEY)])
+    assert table.get("gemm_cpu", KEY) == near and table.get("gemm_cpu", new) is None
+    assert table.get("gemm_cpu", bucket_key(new)) == near
+    lookup = params_for("gemm_cpu", new, target().with_tuning(table))
+    assert (lookup.level, lookup.source, lookup.params) == ("device", BUCKET_SOURCE, near)
+    exact = params_for("gemm_cpu", KEY, target().with_tuning(table))
+    assert (exact.level, exact.source) == ("device", "TuningDB")

@@ -220,11 +220,18 @@ def import_graph(
     *,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     constant_inputs: Mapping[str, np.ndarray] | None = None,
+    checked: bool = False,
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> Graph:
-    """Convert a (checked, opset-normalized) ModelProto into an ember Graph."""
+    """Convert a (checked, opset-normalized) ModelProto into an ember Graph.
+
+    A model imported again for other input shapes: `checked` skips the model's checks
+    (they passed at its first import), and `arrays` keeps its initializers' arrays
+    by name, filled at the first import and reused after (read-only, never copied)."""
     opset = default_opset(model)
     onnx_graph = model.graph
-    check_model(model, "the model", CONVERTERS)
+    if not checked:
+        check_model(model, "the model", CONVERTERS)
     graph = Graph(onnx_graph.name or "model")
     ctx = ImportContext(graph, opset)
     constant_inputs = dict(constant_inputs or {})
@@ -238,7 +245,13 @@ def import_graph(
     shapes = resolve_shapes({name: dims for name, (dims, _) in signature.items()}, given)
 
     for tensor in onnx_graph.initializer:
-        ctx.values[tensor.name] = graph.add_constant(_initializer_array(tensor), name=tensor.name)
+        array = arrays.get(tensor.name) if arrays is not None else None
+        if array is None:
+            array = _initializer_array(tensor)
+            if arrays is not None:
+                array.flags.writeable = False  # shared by every later import
+                arrays[tensor.name] = array
+        ctx.values[tensor.name] = graph.add_constant(array, name=tensor.name)
     for name, (_, dtype) in signature.items():
         if name in constant_inputs:
             array = np.asarray(constant_inputs[name], dtype=dtype.np_dtype)

@@ -1,0 +1,408 @@
+"""Kernels that take their varying sizes as arguments, so one program serves every shape.
+
+A kernel builder writes its sizes into the source as integer literals (`if (i >= 2048)`,
+`#define ATT_SQ 16`). When a model is compiled for several values of a dim it does not fix
+(a sequence length, a batch), the same builder gives sources that differ only in some of
+those literals. This module finds them by comparing the kernels one step gets at a few
+sizes: the source split into a skeleton (comments dropped, the kernel's own name replaced,
+every decimal integer literal replaced by a marker) and the literals' values. Where the
+skeletons are equal, the literals that differ become `const int` (or long / unsigned)
+arguments appended to the kernel's parameters, and the rest stay literals. A kernel built
+for a later shape is then answered by the generic kernel when its skeleton is the same and
+every literal that stayed a literal has the same value: the argument values are the
+literals it holds, so the generic kernel, given them, runs exactly the source the builder
+wrote for that shape. A kernel that matches no generic kernel is built as it is.
+
+A literal can become an argument only where C allows a value known at run time: inside the
+kernel's body (directly, or through object-like macros used only there), never in an array
+declarator, an attribute, a `case` label, a preprocessor condition or a helper function.
+Kernels whose varying literals sit anywhere else are not generalized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ember.codegen.types import Kernel
+
+__all__ = [
+    "GRID_DIMS",
+    "GenericKernel",
+    "GenericKernels",
+    "KernelForm",
+    "generalize",
+    "kernel_form",
+]
+
+_NAME = "EMBER_KERNEL_NAME"  # stands for the kernel's own name in a skeleton
+_COMMENTS = re.compile(r"/\*.*?\*/|//[^\n]*", re.DOTALL)
+_TOKEN = re.compile(r"[A-Za-z_]\w*|\.?\d(?:[eEpP][+-]|[\w.])*|\n|\S")
+_WORD = re.compile(r"[A-Za-z_]\w*|\.?\d(?:[eEpP][+-]|[\w.])*")
+_INTEGER = re.compile(r"(0|[1-9]\d*)([uUlL]*)")
+_INT32_MAX = 2**31 - 1
+GRID_DIMS = 3
+# a kernel that reads its grid's or work-group's size, or synchronizes a work-group, counts
+# on the grid it is given: it is not guarded, and not launched on a padded grid
+_GRID_BOUND = re.compile(r"\b(barrier|work_group_\w+|get_global_size|get_num_groups|"
+                         r"get_local_size|get_enqueued_local_size|get_local_id|get_group_id|"
+                         r"reqd_work_group_size)\b")
+_DECLARED_WITH = frozenset({
+    "__local", "local", "__private", "private", "__constant", "constant", "__global",
+    "global", "const", "volatile", "static", "unsigned", "signed", "struct", "union",
+})
+_NO_RUNTIME_PREPROCESSOR = frozenset({"if", "elif", "ifdef", "ifndef", "pragma", "line",
+                                      "error", "include"})
+
+
+@dataclass(frozen=True)
+class _Token:
+    text: str
+    start: int
+    end: int
+    line_start: bool  # the first token of its line (a preprocessor line starts with '#')
+
+
+@dataclass(frozen=True)
+class KernelForm:
+    """A kernel's source as a skeleton and its integer literals, in order."""
+
+    text: str  # comments dropped, the kernel's name replaced by _NAME
+    skeleton: str  # text with every integer literal replaced by '#'
+    literals: tuple[tuple[int, str], ...]  # (value, suffix) of each literal
+    spans: tuple[tuple[int, int], ...]  # where each literal is in `text`
+
+
+def _tokens(text: str) -> list[_Token]:
+    found = []
+    line_start = True
+    for match in _TOKEN.finditer(text):
+        token = match.group()
+        if token == "\n":
+            line_start = True
+            continue
+        found.append(_Token(token, match.start(), match.end(), line_start))
+        line_start = False
+    return found
+
+
+def kernel_form(kernel: Kernel) -> KernelForm:
+    text = _COMMENTS.sub(" ", kernel.source).replace(kernel.name, _NAME)
+    literals, spans, parts = [], [], []
+    last = 0
+    for match in _WORD.finditer(text):  # identifiers and numbers: literals are whole words
+        literal = _INTEGER.fullmatch(match.group())
+        if literal is None:
+            continue
+        literals.append((int(literal.group(1)), literal.group(2).lower()))
+        spans.append((match.start(), match.end()))
+        parts.append(text[last:match.start()])
+        parts.append("#")
+        last = match.end()
+    parts.append(text[last:])
+    return KernelForm(text, "".join(parts), tuple(literals), tuple(spans))
+
+
+def _c_type(suffix: str, values: Sequence[int]) -> str | None:
+    """The C type of an argument that replaces a literal with this suffix and these values,
+    as C types the literal itself (int, else long; unsigned with 'u'); None if it fits none."""
+    unsigned = "u" in suffix
+    wide = "l" in suffix or max(values) > _INT32_MAX
+    if max(values) >= 2**63:
+        return None
+    return ("u" if unsigned else "") + ("long" if wide else "int")
+
+
+def _fits(c_type: str, value: int) -> bool:
+    limit = 2**63 if "long" in c_type else 2**31
+    return 0 <= value < (limit * 2 if c_type.startswith("u") else limit)
+
+
+# -- where a literal may become an argument ---------------------------------------------------
+def _matching(tokens: list[_Token], open_index: int, opening: str, closing: str) -> int:
+    depth = 0
+    for index in range(open_index, len(tokens)):
+        if tokens[index].text == opening:
+            depth += 1
+        elif tokens[index].text == closing:
+            depth -= 1
+            if depth == 0:
+                return index
+    return len(tokens) - 1
+
+
+def _kernel_layout(tokens: list[_Token]) -> tuple[int, int, int] | None:
+    """Token indices of the kernel's parameter list's ')' and its body's '{' and '}'."""
+    for index, token in enumerate(tokens):
+        if token.text == _NAME and index + 1 < len(tokens) and tokens[index + 1].text == "(":
+            if not any(t.text in ("__kernel", "kernel") for t in tokens[max(0, index - 40):index]):
+                continue
+            close = _matching(tokens, index + 1, "(", ")")
+            if close + 1 >= len(tokens) or tokens[close + 1].text != "{":
+                return None
+            return close, close + 1, _matching(tokens, close + 1, "{", "}")
+    return None
+
+
+def _directive(tokens: list[_Token], index: int) -> tuple[int, str] | None:
+    """(index of '#', directive word) of the preprocessor line holding token `index`."""
+    start = index
+    while start > 0 and not tokens[start].line_start:
+        start -= 1
+    if tokens[start].text != "#" or start + 1 >= len(tokens):
+        return None
+    return start, tokens[start + 1].text
+
+
+def _in_declarator_or_attribute(tokens: list[_Token], index: int) -> bool:
+    """Whether token `index` sits where C wants a constant: an array declarator's bound, an
+    attribute, or a case label."""
+    depth_square = depth_round = 0
+    for back in range(index - 1, -1, -1):
+        text = tokens[back].text
+        if text in (";", "{", "}"):
+            return False
+        if text == "case" and depth_round == 0 and depth_square == 0:
+            return True
+        if text == "__attribute__":
+            return True
+        if text == ")":
+            depth_round -= 1
+        elif text == "(":
+            depth_round += 1
+        elif text == "]":
+            depth_square -= 1
+        elif text == "[":
+            depth_square += 1
+            if depth_square == 1 and _declares(tokens, back):
+                return True
+    return False
+
+
+def _declares(tokens: list[_Token], bracket: int) -> bool:
+    """Whether the '[' at `bracket` opens an array declarator (`float acc[...]`), as
+    opposed to an index (`x[...]`): the name before it follows a type or qualifier."""
+    before = bracket - 1
+    while before >= 0 and tokens[before].text == "]":  # a second dimension
+        before = _opening(tokens, before) - 1
+    if before < 1 or not re.fullmatch(r"[A-Za-z_]\w*", tokens[before].text):
+        return False
+    previous = tokens[before - 1].text
+    return bool(re.fullmatch(r"[A-Za-z_]\w*", previous)) or previous in ("*", ",") and (
+        any(t.text in _DECLARED_WITH for t in tokens[max(0, before - 8):before]))
+
+
+def _opening(tokens: list[_Token], close: int) -> int:
+    depth = 0
+    for index in range(close, -1, -1):
+        if tokens[index].text == "]":
+            depth += 1
+        elif tokens[index].text == "[":
+            depth -= 1
+            if depth == 0:
+                return index
+    return 0
+
+
+def _runtime_ok(tokens: list[_Token], literal_indices: Sequence[int]) -> bool:
+    """Whether every literal at `literal_indices` may become a kernel argument (module
+    docstring): in the kernel body, or in object-like macros used only there."""
+    layout = _kernel_layout(tokens)
+    if layout is None:
+        return False
+    _, body_open, body_close = layout
+    macros: dict[str, int] = {}  # macro name -> index of its '#'
+    for index, token in enumerate(tokens):
+        if token.text == "#" and token.line_start and index + 2 < len(tokens) \
+                and tokens[index + 1].text == "define":
+            macros[tokens[index + 2].text] = index
+    tainted: set[str] = set()
+    pending: list[int] = []
+    for index in literal_indices:
+        directive = _directive(tokens, index)
+        if directive is None:
+            pending.append(index)
+            continue
+        hash_index, word = directive
+        if word != "define" or index <= hash_index + 2:
+            return False
+        name_token = tokens[hash_index + 2]
+        if hash_index + 3 < len(tokens) and tokens[hash_index + 3].text == "(" \
+                and tokens[hash_index + 3].start == name_token.end:
+            # a function-like macro: allowed where it is defined inside the body
+            if not body_open < hash_index < body_close:
+                return False
+            continue
+        tainted.add(name_token.text)
+    # macros whose definition uses a tainted macro are tainted too
+    grew = True
+    while grew:
+        grew = False
+        for name, hash_index in macros.items():
+            if name in tainted:
+                continue
+            end = hash_index + 3
+            while end < len(tokens) and not tokens[end].line_start:
+                if tokens[end].text in tainted:
+                    tainted.add(name)
+                    grew = True
+                    break
+                end += 1
+    for index, token in enumerate(tokens):
+        if token.text in tainted:
+            directive = _directive(tokens, index)
+            if directive is not None:
+                if directive[1] in _NO_RUNTIME_PREPROCESSOR:
+                    return False
+                continue  # its own #define / #undef, or another macro's definition
+            pending.append(index)
+    for index in pending:
+        if not body_open < index < body_close:
+            return False
+        if _in_declarator_or_attribute(tokens, index):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class GenericKernel:
+    """A kernel whose varying literals are arguments (module docstring)."""
+
+    kernel: Kernel  # generic source; `scalar_types` lists the appended arguments
+    skeleton: str
+    constants: tuple[tuple[int, str] | None, ...]  # per literal: fixed value, or None (argument)
+    # the last GRID_DIMS arguments are the launch's real global size: work-items past it
+    # return at once, so the grid may be padded to a fixed work-group size
+    guarded: bool = False
+
+    def match(self, form: KernelForm) -> tuple[int, ...] | None:
+        """The argument values that make this kernel `form`'s kernel, or None."""
+        if form.skeleton != self.skeleton or len(form.literals) != len(self.constants):
+            return None
+        values = []
+        for literal, fixed in zip(form.literals, self.constants):
+            if fixed is None:
+                values.append(literal[0])
+            elif fixed != literal:
+                return None
+        if not all(_fits(t, v) for t, v in zip(self.kernel.scalar_types, values)):
+            return None
+        return tuple(values)
+
+    def arguments(self, values: tuple[int, ...], global_size: Sequence[int]) -> tuple[int, ...]:
+        """All scalar arguments of a launch over `global_size` (the unpadded grid)."""
+        if not self.guarded:
+            return values
+        grid = tuple(global_size) + (1,) * (GRID_DIMS - len(global_size))
+        return values + grid
+
+
+def generalize(samples: Sequence[Kernel]) -> GenericKernel | None:
+    """The generic kernel of the same step's kernels at several sizes: samples whose
+    skeleton differs from the first's are ignored; None when fewer than two remain, or a
+    varying literal cannot become an argument."""
+    forms = [kernel_form(k) for k in samples]
+    first = forms[0]
+    alike = [f for f in forms if f.skeleton == first.skeleton
+             and len(f.literals) == len(first.literals)]
+    if len(alike) < 2:
+        return None
+    varying = [i for i in range(len(first.literals))
+               if len({f.literals[i] for f in alike}) > 1]
+    tokens = _tokens(first.text)
+    starts = {t.start: n for n, t in enumerate(tokens)}
+    if varying and not _runtime_ok(tokens, [starts[first.spans[i][0]] for i in varying]):
+        return None
+    types = []
+    for i in varying:
+        c_type = _c_type(first.literals[i][1], [f.literals[i][0] for f in alike])
+        if c_type is None:
+            return None
+        types.append(c_type)
+    arguments = [f"ember_n{n}" for n in range(len(varying))]
+    text = first.text
+    for i, argument in sorted(zip(varying, arguments), reverse=True):
+        start, end = first.spans[i]
+        text = text[:start] + f"({argument})" + text[end:]
+    guarded = _GRID_BOUND.search(text) is None
+    if guarded:
+        types += ["int"] * GRID_DIMS
+        arguments += [f"ember_grid{d}" for d in range(GRID_DIMS)]
+        text = _add_guard(text)
+    text = _add_parameters(text, [f"const {t} {a}" for t, a in zip(types, arguments)])
+    if text is None:
+        return None
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    name = f"{samples[0].name.rsplit('_', 1)[0]}_g{digest}"
+    kernel = Kernel(name, text.replace(_NAME, name), samples[0].extensions, tuple(types))
+    constants = tuple(None if i in set(varying) else first.literals[i]
+                      for i in range(len(first.literals)))
+    return GenericKernel(kernel, first.skeleton, constants, guarded)
+
+
+def _add_guard(text: str) -> str:
+    """The kernel with a first statement that sends work-items past the real grid home."""
+    tokens = _tokens(text)
+    layout = _kernel_layout(tokens)
+    assert layout is not None
+    body = tokens[layout[1]]
+    checks = " || ".join(f"get_global_id({d}) >= (size_t)ember_grid{d}" for d in range(GRID_DIMS))
+    return text[:body.end] + f"\n    if ({checks}) return;" + text[body.end:]
+
+
+def _add_parameters(text: str, parameters: list[str]) -> str | None:
+    if not parameters:
+        return text
+    tokens = _tokens(text)
+    layout = _kernel_layout(tokens)
+    if layout is None:
+        return None
+    close = tokens[layout[0]]
+    opening = text.rfind("(", 0, close.start)
+    inside = text[opening + 1:close.start].strip()
+    joined = ", ".join(parameters)
+    if inside in ("", "void"):
+        return text[:opening + 1] + joined + text[close.start:]
+    return text[:close.start] + ",\n    " + joined + text[close.start:]
+
+
+class GenericKernels:
+    """The generic kernels one model has found so far; `answer` maps a concrete kernel to
+    one of them and its argument values."""
+
+    def __init__(self) -> None:
+        self._by_skeleton: dict[str, list[GenericKernel]] = {}
+        # answers by kernel name (a kernel's name is its source's hash), until the next add
+        self._answers: dict[str, tuple[GenericKernel, tuple[int, ...]] | None] = {}
+
+    def __len__(self) -> int:
+        return sum(len(found) for found in self._by_skeleton.values())
+
+    def kernels(self) -> list[Kernel]:
+        """Every generic kernel, in a fixed order: the one program of the model."""
+        return sorted((g.kernel for found in self._by_skeleton.values() for g in found),
+                      key=lambda k: k.name)
+
+    def add(self, generic: GenericKernel) -> bool:
+        found = self._by_skeleton.setdefault(generic.skeleton, [])
+        if any(g.kernel.name == generic.kernel.name for g in found):
+            return False
+        found.append(generic)
+        self._answers.clear()
+        return True
+
+    def answer(self, kernel: Kernel) -> tuple[GenericKernel, tuple[int, ...]] | None:
+        """The generic kernel that runs `kernel`, and the values of its varying literals."""
+        if kernel.name in self._answers:
+            return self._answers[kernel.name]
+        form = kernel_form(kernel)
+        found = None
+        for generic in self._by_skeleton.get(form.skeleton, ()):
+            values = generic.match(form)
+            if values is not None:
+                found = generic, values
+                break
+        self._answers[kernel.name] = found
+        return found
