@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import ml_dtypes
 import numpy as np
 
 from ember.errors import DTypeError
@@ -143,6 +142,8 @@ _FLOAT8 = {DType.FLOAT8E4M3FN, DType.FLOAT8E4M3FNUZ, DType.FLOAT8E5M2, DType.FLO
 def _cast(x, *, to: DType, saturate: int = 1):
     if to in _FLOAT8 and saturate:
         # ONNX saturates out-of-range values (inf included) to the largest finite float8.
+        import ml_dtypes  # loaded when first needed (ir/dtypes.py)
+
         info = ml_dtypes.finfo(to.np_dtype)
         return np.clip(x.astype(np.float32), float(info.min), float(info.max)).astype(to.np_dtype)
     if to.is_integer and x.dtype.kind == "f":

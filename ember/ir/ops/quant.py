@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import ml_dtypes
 import numpy as np
 
 from ember.errors import DTypeError, ShapeError
@@ -48,6 +47,8 @@ _F32 = np.float32
 
 def quant_range(dtype: DType) -> tuple[int, int]:
     """The representable range of an integer quantized type."""
+    import ml_dtypes  # loaded when first needed (ir/dtypes.py)
+
     info = ml_dtypes.iinfo(dtype.np_dtype)
     return int(info.min), int(info.max)
 
