@@ -41,8 +41,11 @@ _CLASSES: dict[str, type] = {cls.__name__: cls for cls in (
     FusedExpr)}
 _ENUMS: dict[str, type[enum.Enum]] = {cls.__name__: cls for cls in (DType, ArgKind)}
 _NOT_STORED: dict[type, frozenset[str]] = {Lowered: frozenset({"packed", "tuning"})}
-_DTYPES_BY_NAME = {member.np_dtype.name: member.np_dtype for member in DType
-                   if member.np_dtype.kind != "O"}
+# numpy's own dtypes by name; ml_dtypes' ones (whose module takes half a second to load)
+# are added at the first name not found here
+_DTYPES_BY_NAME = {member.value.numpy_name: member.np_dtype for member in DType
+                   if not member.value.numpy_name.startswith("ml_dtypes.")
+                   and member is not DType.STRING}
 
 ReadArray = Callable[[str], np.ndarray]
 
@@ -228,6 +231,8 @@ class _Decoder:
 
 def _dtype(name: str) -> np.dtype:
     found = _DTYPES_BY_NAME.get(name)
+    if found is None:
+        found = {m.np_dtype.name: m.np_dtype for m in DType if m is not DType.STRING}.get(name)
     if found is None:
         raise PlanFormatError(f"unknown array dtype {name!r}")
     return found
