@@ -25,10 +25,11 @@ from ember.codegen.families import Target
 from ember.codegen.registry import lower
 from ember.codegen.params import TUNABLE_OPS
 from ember.tuning.tuner import TuneBudget, TuneResult, tuned_target
+from ember.feeds import bind_feeds, select_outputs
 from ember.errors import (
-    CompileError, DTypeError, InputError, ShapeError, UnsupportedOpError,
+    CompileError, DTypeError, InputError, UnsupportedOpError,
 )
-from ember.frontends.dims import bind_named_dims, dims_text, is_dynamic, resolve_shapes
+from ember.frontends.dims import is_dynamic, resolve_shapes
 from ember.frontends.onnx import import_graph, input_signature, load_model, value_info_type
 from ember.ir import DType, Graph, verify
 from ember.lowering import PassContext, PassManager, PassRecord, build_pipeline
@@ -304,46 +305,7 @@ class CompiledModel:
 
     # -- calling --------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        if len(args) == 1 and isinstance(args[0], Mapping):
-            # one dict of feeds, as onnxruntime takes them: no array is a Mapping
-            if kwargs:
-                raise InputError("give the inputs as one dict or by name, not both")
-            args, kwargs = (), args[0]
-            not_names = [k for k in kwargs if not isinstance(k, str)]
-            if not_names:
-                raise InputError(f"feed dict keys are input names; got {not_names[:3]}; the "
-                                 f"model's inputs are {self.input_names}")
-        if len(args) > len(self.input_names):
-            raise InputError(f"model takes {len(self.input_names)} input(s) "
-                             f"{self.input_names}, got {len(args)} positional")
-        feeds: dict[str, Any] = dict(zip(self.input_names, args))
-        for name, value in kwargs.items():
-            if name not in self._signature:
-                raise InputError(f"unknown input {name!r}; the model's inputs are {self.input_names}")
-            if name in feeds:
-                raise InputError(f"input {name!r} given both by position and by name")
-            feeds[name] = value
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise InputError(f"missing input(s) {missing}; the model's inputs are {self.input_names}")
-        bound = {}
-        for name, value in feeds.items():
-            dims, dtype = self._signature[name]
-            array = np.asarray(value)
-            if array.dtype != dtype.np_dtype:
-                raise DTypeError(f"input {name!r} expects dtype {dtype}, got {array.dtype}")
-            if array.ndim != len(dims):
-                raise ShapeError(f"input {name!r} expects rank {len(dims)} shape "
-                                 f"{dims_text(dims)}, got shape {array.shape}")
-            for axis, (want, got) in enumerate(zip(dims, array.shape)):
-                if isinstance(want, int) and want != got:
-                    raise ShapeError(f"input {name!r} expects shape {dims_text(dims)}, got "
-                                     f"{array.shape} (dim {axis}: {got} != {want})")
-            bound[name] = array
-        # inputs whose dims share a name must agree on it, before anything runs
-        bind_named_dims({name: dims for name, (dims, _) in self._signature.items()},
-                        {name: array.shape for name, array in bound.items()}, "the call")
-        return bound
+        return bind_feeds(self._signature, args, kwargs)
 
     def _for_shapes(self, feeds: Mapping[str, np.ndarray]) -> _Specialization:
         key = tuple(feeds[name].shape for name in self.input_names)
@@ -371,20 +333,7 @@ class CompiledModel:
             ) -> list[np.ndarray]:
         """The outputs named (None: all, in the model's order) as a list in that order, for
         the feeds by input name: onnxruntime's `InferenceSession.run`."""
-        if isinstance(output_names, str) or not (output_names is None
-                                                 or isinstance(output_names, Sequence)):
-            raise InputError(f"output_names is a list of output names or None, got "
-                             f"{output_names!r}; the model's outputs are {self.output_names}")
-        wanted = list(self.output_names if output_names is None else output_names)
-        unknown = [name for name in wanted if name not in self.output_names]
-        if unknown:
-            raise InputError(f"unknown output(s) {unknown}; the model's outputs are "
-                             f"{self.output_names}")
-        if not isinstance(feeds, Mapping):
-            raise InputError(f"feeds is a dict of input name -> array, got "
-                             f"{type(feeds).__name__}; the model's inputs are {self.input_names}")
-        outputs = self(feeds)
-        return [outputs[name] for name in wanted]
+        return select_outputs(self, self.input_names, self.output_names, output_names, feeds)
 
     def profile(self, *args: Any, runs: int = 10, warmup: int = 1, **kwargs: Any) -> Profile:
         """Per-step times over `runs` calls after `warmup` unmeasured ones (the first call

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ember.errors import CompileError, DTypeError, InputError, ModelLoadError, ShapeError
-from ember.frontends.dims import bind_named_dims, dims_text
+from ember.feeds import bind_feeds, select_outputs
+from ember.errors import CompileError, InputError, ModelLoadError
 from ember.paths import VERSION
 from ember.profile import Profile
 from ember.runtime.bundle import Bundle, DeviceRecord, PlanFormatError, read_bundle, read_model
@@ -125,42 +125,7 @@ class LoadedModel:
 
     # -- calling --------------------------------------------------------------------------
     def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        if len(args) == 1 and isinstance(args[0], Mapping):
-            if kwargs:
-                raise InputError("give the inputs as one dict or by name, not both")
-            args, kwargs = (), args[0]
-        if len(args) > len(self.input_names):
-            raise InputError(f"model takes {len(self.input_names)} input(s) "
-                             f"{self.input_names}, got {len(args)} positional")
-        feeds: dict[str, Any] = dict(zip(self.input_names, args))
-        for name, value in kwargs.items():
-            if name not in self._signature:
-                raise InputError(f"unknown input {name!r}; the model's inputs are "
-                                 f"{self.input_names}")
-            if name in feeds:
-                raise InputError(f"input {name!r} given both by position and by name")
-            feeds[name] = value
-        missing = [n for n in self.input_names if n not in feeds]
-        if missing:
-            raise InputError(f"missing input(s) {missing}; the model's inputs are "
-                             f"{self.input_names}")
-        bound = {}
-        for name in self.input_names:
-            dims, dtype = self._signature[name]
-            array = np.asarray(feeds[name])
-            if array.dtype != dtype.np_dtype:
-                raise DTypeError(f"input {name!r} expects dtype {dtype}, got {array.dtype}")
-            if array.ndim != len(dims):
-                raise ShapeError(f"input {name!r} expects rank {len(dims)} shape "
-                                 f"{dims_text(dims)}, got shape {array.shape}")
-            for axis, (want, got) in enumerate(zip(dims, array.shape)):
-                if isinstance(want, int) and want != got:
-                    raise ShapeError(f"input {name!r} expects shape {dims_text(dims)}, got "
-                                     f"{array.shape} (dim {axis}: {got} != {want})")
-            bound[name] = array
-        bind_named_dims({name: dims for name, (dims, _) in self._signature.items()},
-                        {name: array.shape for name, array in bound.items()}, "the call")
-        return bound
+        return bind_feeds(self._signature, args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
         feeds = self._bind(args, kwargs)
@@ -177,22 +142,9 @@ class LoadedModel:
 
     def run(self, output_names: Sequence[str] | None, feeds: Mapping[str, Any]
             ) -> list[np.ndarray]:
-        """The outputs named (None: all, in the model's order) as a list, for the feeds by
-        input name: onnxruntime's `InferenceSession.run`."""
-        if isinstance(output_names, str) or not (output_names is None
-                                                 or isinstance(output_names, Sequence)):
-            raise InputError(f"output_names is a list of output names or None, got "
-                             f"{output_names!r}; the model's outputs are {self.output_names}")
-        wanted = list(self.output_names if output_names is None else output_names)
-        unknown = [name for name in wanted if name not in self.output_names]
-        if unknown:
-            raise InputError(f"unknown output(s) {unknown}; the model's outputs are "
-                             f"{self.output_names}")
-        if not isinstance(feeds, Mapping):
-            raise InputError(f"feeds is a dict of input name -> array, got "
-                             f"{type(feeds).__name__}; the model's inputs are {self.input_names}")
-        outputs = self(feeds)
-        return [outputs[name] for name in wanted]
+        """The outputs named (None: all, in the model's order) as a list in that order, for
+        the feeds by input name: onnxruntime's `InferenceSession.run`."""
+        return select_outputs(self, self.input_names, self.output_names, output_names, feeds)
 
     def profile(self, *args: Any, runs: int = 10, warmup: int = 1, **kwargs: Any) -> Profile:
         """Per-step times over `runs` calls after `warmup` unmeasured ones, as

@@ -25,7 +25,8 @@ ALLOWED = {
     "tuning": {"runtime", "codegen", "ir"},
 }
 # What ties the stages together: no stage imports these (nor the package face, `ember`).
-TIES = {"ember", "ember.compiler", "ember.loaded", "ember.cli", "ember.onnx_backend",
+TIES = {"ember", "ember.compiler", "ember.loaded", "ember.feeds", "ember.cli",
+        "ember.onnx_backend",
         "ember.summary", "ember.__main__", "ember.quantization"}
 
 
