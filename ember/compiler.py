@@ -37,8 +37,10 @@ from ember.runtime.generic_plans import Generalized, GenericPlans
 from ember.runtime.device import NUMPY, OpenCLDevice, resolve_target, with_threads
 from ember.runtime.memory import build_memory_plan
 from ember.runtime.numpy import evaluate_graph
-from ember.runtime.opencl import OpenCLExecutor, prebuild
-from ember.runtime.plan import DEVICE, HOST, ExecutionPlan, build_plan, node_spec
+from ember.runtime.opencl import OpenCLExecutor, SharedConstants, prebuild
+from ember.runtime.plan import (
+    DEVICE, HOST, ExecutionPlan, PackedConstants, build_plan, node_spec,
+)
 from ember.profile import Profile
 from ember.summary import ModelStats, format_summary, model_stats
 from ember.runtime.resources import (
@@ -110,8 +112,12 @@ class CompiledModel:
         self._current: _Specialization | None = None
         self._imported = False  # the ONNX model's checks have run
         self._initializers: dict[str, np.ndarray] = {}  # its initializers, read once
+        self._initializer_ids: set[int] = set()
         self._generic: GenericPlans | None = None  # generic kernels over its free dims
         self.generic_kernels = True  # compile(generic_kernels=): see there
+        # the weights, packed and on the device once for all input shapes
+        self._packed = PackedConstants()
+        self._shared_constants = SharedConstants(self._is_weight)
         # one call at a time per model: the executor's buffers are shared between calls
         self._lock = threading.RLock()
 
@@ -153,7 +159,7 @@ class CompiledModel:
         if target is not None and (self.tune or self.opt_level >= 3):
             target = self._tuned_target(graph, target)
         plan = build_plan(graph, target, plan_memory=self.plan_memory,
-                          pack_constants=self.opt_level >= 2)
+                          pack_constants=self.opt_level >= 2, packed=self._packed)
         generalized = None
         if (target is not None and self.generic_kernels and self.dynamic
                 and not isinstance(self._source, Graph)):
@@ -176,7 +182,8 @@ class CompiledModel:
             with driver_failures(f"building the program and allocating "
                                  f"{len(memory.buffers)} buffers on {traits.name} for input "
                                  f"shapes {key}"):
-                executor = OpenCLExecutor(plan, self.device, cache=self.cache)
+                executor = OpenCLExecutor(plan, self.device, cache=self.cache,
+                                          shared_constants=self._shared_constants)
         spec = _Specialization(key, graph, plan, executor, records,
                                time.perf_counter() - start)
         self._specializations[key] = spec
@@ -194,8 +201,15 @@ class CompiledModel:
         assert not isinstance(self._source, Graph)
         graph = import_graph(self._source, input_shapes=shapes, checked=self._imported,
                              arrays=self._initializers)
+        if not self._imported:
+            self._initializer_ids = {id(array) for array in self._initializers.values()}
         self._imported = True
         return graph
+
+    def _is_weight(self, array: np.ndarray) -> bool:
+        """Whether a plan's constant is one every input shape shares: an initializer's array
+        as imported (held by `_initializers`, so its id stays its own), or its packed form."""
+        return id(array) in self._initializer_ids or self._packed.holds(array)
 
     def _lower(self, graph: Graph, target: Target | None) -> list[PassRecord]:
         """Check the sizes, then run the pass pipeline on `graph` (in place)."""
@@ -233,7 +247,7 @@ class CompiledModel:
                     graph = self._import(sample)
                     self._lower(graph, target)
                     return build_plan(graph, target, plan_memory=False,
-                                      pack_constants=self.opt_level >= 2)
+                                      pack_constants=self.opt_level >= 2, packed=self._packed)
                 except Exception as exc:  # noqa: BLE001 - a sample is optional: a size
                     # the model does not take (or a pass fails at) gives no sample
                     log.debug("no sample plan at %s: %s", dict(sample), exc)
@@ -267,7 +281,7 @@ class CompiledModel:
                             "(%s)", c.op, c.name, c.kernel, self.device.info.traits.name,
                             c.reason)
             plan = build_plan(graph, target, plan_memory=self.plan_memory,
-                              pack_constants=self.opt_level >= 2)
+                              pack_constants=self.opt_level >= 2, packed=self._packed)
         return plan
 
     def _tuned_target(self, graph: Graph, target: Target) -> Target:

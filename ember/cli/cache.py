@@ -277,7 +277,7 @@ def add_cache_commands(add: AddCommand) -> None:
                     "lists, the TuningDB included) into one zip file")
     export.add_argument("file", help="the archive to write (.zip)")
     imp = action("import", _cmd_import, "check every entry of an archive and add the good "
-                 "ones (a TuningDB file already here is merged, the faster entry winning); "
-                 "entries for other devices are kept but never used on this one. "
-                 "Import only archives you trust: PoCL runs the kernels in them")
+                 "ones (a TuningDB file already here is merged: a finished search wins, "
+                 "then the faster); entries for other devices are kept but never used on "
+                 "this one. Import only archives you trust: PoCL runs the kernels in them")
     imp.add_argument("file", help="an archive written by `ember cache export`")

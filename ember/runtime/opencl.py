@@ -30,7 +30,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +47,7 @@ from ember.ir import OPS
 from ember.runtime.device import OpenCLDevice
 from ember.runtime.memory import build_memory_plan
 from ember.runtime.plan import HOST, ExecutionPlan, Step
+from ember.runtime.types import CONSTANT
 from ember.runtime.warm import warm_kernel
 
 __all__ = ["OpenCLExecutor", "build_program", "program_from_binary", "program_source", "prebuild",
@@ -295,9 +296,40 @@ class _BoundLaunch:
         self.local_size = local_size
 
 
+class SharedConstants:
+    """Device buffers of the constants a model's plans share (its weights, which the
+    importer reads once and PackedConstants packs once), kept across the executors of its
+    input shapes so the weights are on the device once. `shareable(array)` says which
+    arrays are such constants (a plan's own constants, e.g. a slice that depends on the
+    shape, are not kept)."""
+
+    def __init__(self, shareable: Callable[[np.ndarray], bool]) -> None:
+        self._shareable = shareable
+        self._buffers: dict[int, tuple[np.ndarray, object]] = {}
+
+    def get(self, array: np.ndarray):
+        found = self._buffers.get(id(array))
+        return found[1] if found is not None and found[0] is array else None
+
+    def keep(self, array: np.ndarray, buffer) -> None:
+        if self._shareable(array):
+            self._buffers[id(array)] = (array, buffer)
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(array.nbytes for array, _ in self._buffers.values())
+
+
 class OpenCLExecutor:
+    """Runs one plan. `shared_constants`, kept by the model across its plans (one per input
+    shape), lets plans that hold the same constant array use one device buffer."""
+
     def __init__(self, plan: ExecutionPlan, device: OpenCLDevice,
-                 cache: bool | str | os.PathLike[str] | BinaryCache | None = True) -> None:
+                 cache: bool | str | os.PathLike[str] | BinaryCache | None = True,
+                 shared_constants: SharedConstants | None = None) -> None:
         import pyopencl as cl
 
         self._cl = cl
@@ -312,16 +344,30 @@ class OpenCLExecutor:
             self.programs.append(program)
             self._program_of.update((k.name, program) for k in kernels)
         self.memory = plan.memory if plan.memory is not None else build_memory_plan(plan)
+        # a read-only constant another executor of the model uploaded: its buffer, shared
+        reused: dict[int, object] = {}
+        if shared_constants is not None:
+            for index, array in plan.constants.items():
+                found = shared_constants.get(array)
+                buffer = self.memory.buffer_of[index]
+                if found is not None and self.memory.kinds[buffer] == CONSTANT:
+                    reused[buffer] = found
         # Kernel args do not keep their buffers alive: the executor must (else use-after-free).
         self._arenas = [
-            cl.Buffer(device.context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
-            for nbytes in self.memory.buffers
+            reused[b] if b in reused
+            else cl.Buffer(device.context, cl.mem_flags.READ_WRITE, max(nbytes, 1))
+            for b, nbytes in enumerate(self.memory.buffers)
         ]
         self.buffers: dict[int, object] = {
             slot.index: self._arenas[self.memory.buffer_of[slot.index]] for slot in plan.slots
         }
         for index, array in plan.constants.items():
+            buffer = self.memory.buffer_of[index]
+            if buffer in reused:
+                continue
             self._write(index, array)
+            if shared_constants is not None and self.memory.kinds[buffer] == CONSTANT:
+                shared_constants.keep(array, self._arenas[buffer])
         self._steps = [(step, self._bind(i, step)) for i, step in enumerate(plan.steps)]
         device.queue.finish()
 

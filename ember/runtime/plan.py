@@ -9,6 +9,7 @@ memory plan (runtime/memory.py) says which device buffer every slot and scratch 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -20,7 +21,8 @@ from ember.ir import DEVICE, HOST, Graph, TensorType, Value
 from ember.runtime.memory import build_memory_plan
 from ember.runtime.types import ExecutionPlan, Slot, Step
 
-__all__ = ["Slot", "Step", "ExecutionPlan", "build_plan", "node_spec", "DEVICE", "HOST"]
+__all__ = ["Slot", "Step", "ExecutionPlan", "PackedConstants", "build_plan", "node_spec",
+           "DEVICE", "HOST"]
 
 
 
@@ -62,15 +64,57 @@ def _lower_device_nodes(graph: Graph, order: list[int], target: Target | None,
     return lowered_of, packs
 
 
+class PackedConstants:
+    """Packed copies of a model's shared constants, made once: a constant array that is
+    read-only (the importer shares initializers between the plans of every input shape)
+    packed by the same layout gives the same read-only array to every plan, so the
+    executors can share its device buffer too."""
+
+    def __init__(self) -> None:
+        self._packed: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._made: set[int] = set()  # ids of the packed arrays (held in _packed)
+
+    def holds(self, array: np.ndarray) -> bool:
+        """Whether `array` is a packed array made here (and so shared between plans)."""
+        return id(array) in self._made
+
+    def pack(self, layout: Callable[[np.ndarray], np.ndarray], array: np.ndarray
+             ) -> np.ndarray:
+        key = _layout_key(layout)
+        if array.flags.writeable or key is None:
+            return np.ascontiguousarray(layout(array))
+        found = self._packed.get((id(array), key))
+        if found is None or found[0] is not array:
+            packed = np.ascontiguousarray(layout(array))
+            packed.flags.writeable = False
+            found = self._packed[(id(array), key)] = (array, packed)
+            self._made.add(id(packed))
+        return found[1]
+
+
+def _layout_key(layout: Callable[[np.ndarray], np.ndarray]) -> tuple | None:
+    """What makes two layouts the same, for the partials kernel builders give; None when
+    it cannot be told (then nothing is shared)."""
+    if not isinstance(layout, functools.partial):
+        return None
+    key = (layout.func, layout.args, tuple(sorted(layout.keywords.items())))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
 def build_plan(graph: Graph, target: Target | None, *, plan_memory: bool = True,
-               pack_constants: bool = False) -> ExecutionPlan:
+               pack_constants: bool = False, packed: PackedConstants | None = None
+               ) -> ExecutionPlan:
     """Walk the lowered graph in topological order and give every tensor a slot, then plan
     the device buffers (plan_memory=False: one buffer per tensor, for debugging).
 
     With `pack_constants` (opt_level >= 2), kernels may ask for a constant input in their
     own layout (`Lowered.packed`, e.g. GEMM weights in vector panels): the plan holds the
     re-laid-out array as a constant of its own, and drops the original when nothing else
-    reads it."""
+    reads it. `packed` keeps those arrays between the plans of one model (PackedConstants)."""
     slots: list[Slot] = []
     slot_of: dict[Value, int] = {}
     steps: list[Step] = []
@@ -111,7 +155,9 @@ def build_plan(graph: Graph, target: Target | None, *, plan_memory: bool = True,
         in_list = []
         for port, v in enumerate(in_values):
             if (node, port) in packs:
-                array = np.ascontiguousarray(packs[(node, port)](graph.constant_value(v)))
+                source = graph.constant_value(v)
+                array = (packed.pack(packs[(node, port)], source) if packed is not None
+                         else np.ascontiguousarray(packs[(node, port)](source)))
                 index = new_slot(v, "constant", type_=TensorType(
                     array.shape, graph.dtype_of(v)), suffix=f".packed_for_{node}")
                 constants[index] = array

@@ -160,3 +160,20 @@ def test_a_model_keeps_a_bounded_number_of_shapes():
     assert len(compiled._specializations) == KEPT_SHAPES
     compiled(**feeds(1))  # dropped, planned again
     assert (1, 24) in [shapes[0] for shapes in compiled._specializations]
+
+
+def test_the_weights_are_on_the_device_once_for_all_shapes(opencl_target, dynamic_models):
+    model, reference = dynamic_models
+    compiled = ember.compile(model, target=opencl_target)
+    for n in (5, 40):
+        assert_close(compiled(**feeds(n))["y"], reference(**feeds(n))["y"], f"y at n={n}")
+    first, second = compiled._specializations.values()
+
+    def weights(spec) -> dict[int, object]:
+        """id(read-only constant array) -> its device buffer."""
+        return {id(array): spec.executor.buffers[slot]
+                for slot, array in spec.plan.constants.items() if not array.flags.writeable}
+
+    shared = weights(first).keys() & weights(second).keys()
+    assert shared, "no constant array is shared between the two shapes' plans"
+    assert all(weights(first)[k] is weights(second)[k] for k in shared)
