@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from ember.runtime.cache import BinaryCache
+from ember.runtime.cache import GENERIC, BinaryCache, resolve_cache
 from ember.codegen.families import Target
 from ember.codegen.registry import lower
 from ember.codegen.params import TUNABLE_OPS
@@ -33,7 +33,7 @@ from ember.frontends.dims import is_dynamic, resolve_shapes
 from ember.frontends.onnx import import_graph, input_signature, load_model, value_info_type
 from ember.ir import DType, Graph, verify
 from ember.lowering import PassContext, PassManager, PassRecord, build_pipeline
-from ember.runtime.generic_plans import Generalized, GenericPlans
+from ember.runtime.generic_plans import DiskStore, Generalized, GenericPlans
 from ember.runtime.device import NUMPY, OpenCLDevice, resolve_target, with_threads
 from ember.runtime.memory import build_memory_plan
 from ember.runtime.numpy import evaluate_graph
@@ -253,9 +253,11 @@ class CompiledModel:
                     log.debug("no sample plan at %s: %s", dict(sample), exc)
                     return None
 
+            cache = resolve_cache(self.cache)
             self._generic = GenericPlans(
                 {name: dims for name, (dims, _) in self._signature.items()}, plan_at,
-                gpu=target.family.is_gpu)
+                gpu=target.family.is_gpu,
+                store=DiskStore(cache.root / GENERIC) if cache is not None else None)
         return self._generic.apply(plan, shapes)
 
     def _build_isolated(self, graph: Graph, target: Target, plan: ExecutionPlan

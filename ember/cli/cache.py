@@ -125,6 +125,10 @@ def _info_lines(contents: CacheContents, local: dict[str, str]) -> list[str]:
     templates = contents.templates
     lines.append(f"templates: {_count(templates.files, 'file')}, {_size(templates.nbytes)} "
                  f"in {templates.path} (the kernel templates' compiled code)")
+    generic = contents.generic
+    lines.append(f"generic kernels: {_count(generic.files, 'kernel form')}, "
+                 f"{_size(generic.nbytes)} in {generic.path} (what models with free dims "
+                 f"learned: a new shape needs no sampling)")
     return lines
 
 
@@ -192,7 +196,9 @@ def _cmd_clear(args: argparse.Namespace) -> int:
                f"PoCL's {_pocl_counts(pocl)} ({_size(pocl.nbytes)})",
                _count(contents.warm.count, "warm marker"),
                (f"{_count(contents.templates.files, 'compiled template')} "
-                f"({_size(contents.templates.nbytes)})")]
+                f"({_size(contents.templates.nbytes)})"),
+               (f"{_count(contents.generic.files, 'generic kernel form')} "
+                f"({_size(contents.generic.nbytes)})")]
     tuning = f"the TuningDB ({_tuning_text(contents)})"
     if args.all:
         removed.append(tuning)
@@ -268,9 +274,10 @@ def add_cache_commands(add: AddCommand) -> None:
     build.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     action("info", _cmd_info, "where the cache is and what it holds, counted on disk: "
            "program binaries per device, PoCL's kernels, warm markers, the TuningDB, the "
-           "compiled templates")
+           "compiled templates, the generic kernels")
     clear = action("clear", _cmd_clear, "delete the built kernels (program binaries, PoCL's "
-                   "kernels, warm markers, compiled templates) and say what was removed; "
+                   "kernels, warm markers, compiled templates, generic kernels) and say what "
+                   "was removed; "
                    "the TuningDB is kept, as tuning takes minutes to repeat")
     clear.add_argument("--all", action="store_true", help="remove the TuningDB too")
     export = action("export", _cmd_export, "write the whole cache (everything `info` "

@@ -24,7 +24,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from ember.codegen.types import Kernel
 
@@ -32,9 +33,12 @@ __all__ = [
     "GRID_DIMS",
     "GenericKernel",
     "GenericKernels",
+    "GenericStore",
     "KernelForm",
+    "from_json",
     "generalize",
     "kernel_form",
+    "to_json",
 ]
 
 _NAME = "EMBER_KERNEL_NAME"  # stands for the kernel's own name in a skeleton
@@ -57,12 +61,16 @@ _NO_RUNTIME_PREPROCESSOR = frozenset({"if", "elif", "ifdef", "ifndef", "pragma",
                                       "error", "include"})
 
 
-@dataclass(frozen=True)
 class _Token:
-    text: str
-    start: int
-    end: int
-    line_start: bool  # the first token of its line (a preprocessor line starts with '#')
+    """One token of a kernel's text (a plain class: kernels have thousands of them)."""
+
+    __slots__ = ("text", "start", "end", "line_start")
+
+    def __init__(self, text: str, start: int, end: int, line_start: bool) -> None:
+        self.text = text
+        self.start = start
+        self.end = end
+        self.line_start = line_start  # first on its line (a preprocessor line starts with #)
 
 
 @dataclass(frozen=True)
@@ -89,6 +97,21 @@ def _tokens(text: str) -> list[_Token]:
 
 
 def kernel_form(kernel: Kernel) -> KernelForm:
+    """The kernel's skeleton and literals (kept for the last few hundred kernels: a model's
+    kernels are compared at every new shape)."""
+    found = _FORMS.get(kernel.name)
+    if found is None or found[0] != kernel.source:
+        found = _FORMS[kernel.name] = (kernel.source, _kernel_form(kernel))
+        while len(_FORMS) > _FORMS_KEPT:
+            del _FORMS[next(iter(_FORMS))]
+    return found[1]
+
+
+_FORMS: dict[str, tuple[str, KernelForm]] = {}
+_FORMS_KEPT = 512
+
+
+def _kernel_form(kernel: Kernel) -> KernelForm:
     text = _COMMENTS.sub(" ", kernel.source).replace(kernel.name, _NAME)
     literals, spans, parts = [], [], []
     last = 0
@@ -276,6 +299,7 @@ class GenericKernel:
     # the last GRID_DIMS arguments are the launch's real global size: work-items past it
     # return at once, so the grid may be padded to a fixed work-group size
     guarded: bool = False
+    samples: tuple[Kernel, ...] = field(default=(), compare=False, repr=False)  # made from
 
     def match(self, form: KernelForm) -> tuple[int, ...] | None:
         """The argument values that make this kernel `form`'s kernel, or None."""
@@ -339,7 +363,8 @@ def generalize(samples: Sequence[Kernel]) -> GenericKernel | None:
     kernel = Kernel(name, text.replace(_NAME, name), samples[0].extensions, tuple(types))
     constants = tuple(None if i in set(varying) else first.literals[i]
                       for i in range(len(first.literals)))
-    return GenericKernel(kernel, first.skeleton, constants, guarded)
+    used = tuple(k for k, f in zip(samples, forms) if f in alike)
+    return GenericKernel(kernel, first.skeleton, constants, guarded, used)
 
 
 def _add_guard(text: str) -> str:
@@ -368,11 +393,43 @@ def _add_parameters(text: str, parameters: list[str]) -> str | None:
     return text[:close.start] + ",\n    " + joined + text[close.start:]
 
 
+def to_json(generic: GenericKernel) -> dict:
+    """A generic kernel as JSON data: the concrete kernels it was made from. `from_json`
+    makes it again from them, so a stored kernel is only ever what `generalize` makes of
+    its samples, and answers only kernels of exactly their form."""
+    return {"samples": [{"name": k.name, "source": k.source, "extensions": sorted(k.extensions)}
+                        for k in generic.samples]}
+
+
+def from_json(data: dict) -> GenericKernel | None:
+    """The generic kernel `to_json` stored (None when its samples make none);
+    ValueError/KeyError/TypeError when `data` is not what to_json writes."""
+    samples = [Kernel(str(k["name"]), str(k["source"]),
+                      frozenset(str(e) for e in k["extensions"])) for k in data["samples"]]
+    return generalize(samples) if samples else None
+
+
+class GenericStore(Protocol):
+    """Where generic kernels outlive the process, by skeleton (runtime/generic_plans.py
+    keeps them in the cache directory): what one model learned, a later process (or
+    another model with the same kernels) uses without sampling again. A stored kernel is
+    used only where it answers exactly, so a stale or foreign one can only go unused."""
+
+    def load(self, skeleton: str) -> tuple[list[GenericKernel], set[str]]: ...
+
+    def save(self, skeleton: str, kernels: list[GenericKernel], tried: set[str]) -> None: ...
+
+
 class GenericKernels:
     """The generic kernels one model has found so far; `answer` maps a concrete kernel to
-    one of them and its argument values."""
+    one of them and its argument values. With a `store`, kernels of a skeleton seen for
+    the first time are looked up there, and what is learned is written back."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: GenericStore | None = None) -> None:
+        self._store = store
+        self._loaded: set[str] = set()  # skeletons looked up in the store
+        # names of kernels sampled once without a generic form, by skeleton
+        self._tried: dict[str, set[str]] = {}
         self._by_skeleton: dict[str, list[GenericKernel]] = {}
         # answers by kernel name (a kernel's name is its source's hash), until the next add
         self._answers: dict[str, tuple[GenericKernel, tuple[int, ...]] | None] = {}
@@ -386,18 +443,49 @@ class GenericKernels:
                       key=lambda k: k.name)
 
     def add(self, generic: GenericKernel) -> bool:
+        self._load(generic.skeleton)
         found = self._by_skeleton.setdefault(generic.skeleton, [])
         if any(g.kernel.name == generic.kernel.name for g in found):
             return False
         found.append(generic)
         self._answers.clear()
+        self._save(generic.skeleton)
         return True
+
+    def give_up(self, kernel: Kernel) -> None:
+        """`kernel` was sampled and has no generic form: it is not sampled again."""
+        skeleton = kernel_form(kernel).skeleton
+        self._load(skeleton)
+        self._tried.setdefault(skeleton, set()).add(kernel.name)
+        self._save(skeleton)
+
+    def was_tried(self, kernel: Kernel) -> bool:
+        skeleton = kernel_form(kernel).skeleton
+        self._load(skeleton)
+        return kernel.name in self._tried.get(skeleton, ())
+
+    def _load(self, skeleton: str) -> None:
+        if self._store is None or skeleton in self._loaded:
+            return
+        self._loaded.add(skeleton)
+        kernels, tried = self._store.load(skeleton)
+        found = self._by_skeleton.setdefault(skeleton, [])
+        names = {g.kernel.name for g in found}
+        found.extend(g for g in kernels if g.skeleton == skeleton and g.kernel.name not in names)
+        self._tried.setdefault(skeleton, set()).update(tried)
+        self._answers.clear()
+
+    def _save(self, skeleton: str) -> None:
+        if self._store is not None:
+            self._store.save(skeleton, self._by_skeleton.get(skeleton, []),
+                             self._tried.get(skeleton, set()))
 
     def answer(self, kernel: Kernel) -> tuple[GenericKernel, tuple[int, ...]] | None:
         """The generic kernel that runs `kernel`, and the values of its varying literals."""
         if kernel.name in self._answers:
             return self._answers[kernel.name]
         form = kernel_form(kernel)
+        self._load(form.skeleton)
         found = None
         for generic in self._by_skeleton.get(form.skeleton, ()):
             values = generic.match(form)

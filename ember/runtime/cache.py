@@ -69,6 +69,7 @@ POCL = "pocl"
 WARM = "ember-warm"  # runtime/opencl.py `_warm_marker` writes these
 TUNING = "tuning"  # tuning/db.py `tuning_dir` (the tuning stage imports runtime, not back)
 TEMPLATES = TEMPLATE_CODE
+GENERIC = "generic"  # runtime/generic_plans.py `DiskStore`: generic kernels by skeleton
 BINARY, SOURCE, INFO = "binary", "source.cl", "info.json"
 MAX_INFO_BYTES = 1 << 20  # info.json is a few hundred bytes; anything huge is not ours
 POCL_PLATFORM = "Portable Computing Language"
@@ -302,13 +303,14 @@ class BinaryCache:
                       and not p.name.startswith(("tempfile", ".tmp-")))
 
     def clear(self, *, tuning: bool = False) -> None:
-        """Delete every entry, PoCL's files, the warm markers and the compiled templates
-        under the root, and the TuningDB only when `tuning` is set (cache_contents.py counts
+        """Delete every entry, PoCL's files, the warm markers, the compiled templates and the
+        generic kernels under the root, and the TuningDB only when `tuning` is set (cache_contents.py counts
         what is there before). The pocl directory itself stays, as a running PoCL expects
         it."""
         # Each tree is renamed aside before it is deleted, so that a process reading or
         # writing the cache at the same time sees whole entries or none, never half of one.
-        trees = [self.programs_dir, self.root / TEMPLATES, self.root / WARM]
+        trees = [self.programs_dir, self.root / TEMPLATES, self.root / WARM,
+                 self.root / GENERIC]
         for tree in trees + ([self.root / TUNING] if tuning else []):
             _delete_aside(tree)
         if self.pocl_dir.is_dir():

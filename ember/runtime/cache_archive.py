@@ -34,8 +34,8 @@ from pathlib import Path, PurePosixPath
 from ember.errors import InputError
 from ember.paths import file_lock
 from ember.runtime.cache import (
-    BINARY, FORMAT, INFO, POCL, PROGRAMS, SOURCE, TEMPLATES, TUNING, WARM, BinaryCache,
-    ember_version, verify_entry, verify_entry_bytes, write_file_atomic,
+    BINARY, FORMAT, GENERIC, INFO, POCL, PROGRAMS, SOURCE, TEMPLATES, TUNING, WARM,
+    BinaryCache, ember_version, verify_entry, verify_entry_bytes, write_file_atomic,
 )
 from ember.runtime.cache_contents import TEMPLATE_SUFFIX, tuning_files
 
@@ -54,6 +54,7 @@ FILE_PARTS = {
     TEMPLATES: re.compile(r"[0-9a-f]{1,128}-[0-9a-f]{1,128}-[0-9a-f]{1,64}"
                           + re.escape(TEMPLATE_SUFFIX)),
     WARM: _KEY,
+    GENERIC: re.compile(r"[0-9a-f]{40}\.json"),
 }
 
 
@@ -86,7 +87,7 @@ def _sha256(data: bytes) -> str:
 def _other_files(cache: BinaryCache) -> list[tuple[str, Path]]:
     """(member name, path) of the files of FILE_PARTS, as an archive holds them."""
     found = [(f"{TUNING}/{p.name}", p) for p in tuning_files(cache.root)]
-    for part in (TEMPLATES, WARM):
+    for part in (TEMPLATES, WARM, GENERIC):
         folder = cache.root / part
         try:
             names = sorted(p for p in folder.iterdir() if p.is_file())

@@ -1,10 +1,11 @@
 """What ember's cache directory holds, counted by walking it: `ember cache info` prints it,
 and `ember cache clear` reports it as removed or kept.
 
-Five parts share the root (runtime/cache.py lists the layout): ember's program binaries,
+Six parts share the root (runtime/cache.py lists the layout): ember's program binaries,
 PoCL's kernel cache (on PoCL, the part that makes warm runs fast: ember keeps PoCL binaries
 only when `ember cache build` asks), the warm markers of programs that workers built, the
-TuningDB and the compiled kernel templates. Each is counted from the files on disk, never
+TuningDB, the compiled kernel templates and the generic kernels models with free dims
+learned. Each is counted from the files on disk, never
 from what this process did, so the numbers hold for every process that used the cache.
 Files that vanish while counted (another process clearing) count nothing.
 """
@@ -17,9 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ember.runtime.cache import POCL, TEMPLATES, TUNING, WARM, BinaryCache, CacheEntry
+from ember.runtime.cache import (
+    GENERIC, POCL, TEMPLATES, TUNING, WARM, BinaryCache, CacheEntry,
+)
 
-__all__ = ["CacheContents", "PoclKernels", "Programs", "Templates", "TuningFile",
+__all__ = ["CacheContents", "GenericKernelFiles", "PoclKernels", "Programs", "Templates",
+           "TuningFile",
            "TuningFiles", "WarmMarkers", "survey", "tuning_files", "warm_dirs"]
 
 POCL_KERNEL_SUFFIX = ".so"  # PoCL's CPU devices keep each compiled kernel as a shared object
@@ -95,6 +99,16 @@ class TuningFiles:
 
 
 @dataclass(frozen=True)
+class GenericKernelFiles:
+    """The generic kernels learned by sampling (`generic/`, runtime/generic_plans.py
+    DiskStore): one file per kernel form, so a later process need not sample again."""
+
+    path: Path
+    files: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
 class Templates:
     path: Path
     files: int
@@ -109,11 +123,12 @@ class CacheContents:
     warm: WarmMarkers
     tuning: TuningFiles
     templates: Templates
+    generic: GenericKernelFiles
 
     @property
     def nbytes(self) -> int:
         return (self.programs.nbytes + self.pocl.nbytes + self.tuning.nbytes
-                + self.templates.nbytes)
+                + self.templates.nbytes + self.generic.nbytes)
 
 
 def warm_dirs(root: Path) -> tuple[Path, Path]:
@@ -172,6 +187,7 @@ def survey(cache: BinaryCache) -> CacheContents:
     root = cache.root
     markers = [d for d in warm_dirs(root) if d.is_dir()]
     templates = [(p, n) for p, n in _files(root / TEMPLATES) if p.suffix == TEMPLATE_SUFFIX]
+    generic = [(p, n) for p, n in _files(root / GENERIC) if p.suffix == ".json"]
     return CacheContents(
         root=root,
         programs=Programs(cache.programs_dir, tuple(cache.entries())),
@@ -179,4 +195,5 @@ def survey(cache: BinaryCache) -> CacheContents:
         warm=WarmMarkers(tuple(markers), sum(1 for d in markers for _ in _files(d))),
         tuning=TuningFiles(root / TUNING, tuple(_tuning_file(p) for p in tuning_files(root))),
         templates=Templates(root / TEMPLATES, len(templates), sum(n for _, n in templates)),
+        generic=GenericKernelFiles(root / GENERIC, len(generic), sum(n for _, n in generic)),
     )

@@ -14,15 +14,21 @@ the samples are taken again around it, so the next shape of its kind is answered
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from ember.codegen.generic import GenericKernels, generalize
+from ember.codegen.generic import (
+    GenericKernel, GenericKernels, GenericStore, from_json, generalize, to_json,
+)
 from ember.codegen.types import Kernel
+from ember.paths import write_file_atomic
 from ember.runtime.types import ExecutionPlan
 
-__all__ = ["SAMPLE_STEPS", "Generalized", "GenericPlans"]
+__all__ = ["SAMPLE_STEPS", "STORE_FORMAT", "DiskStore", "Generalized", "GenericPlans"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +41,7 @@ Dims = tuple[int | str | None, ...]
 # neighbours.
 SAMPLE_STEPS = ((32, 64, -32, -64, 96, -96), (1, -1, 2, -2, 3))
 _SAMPLES_PER_DIM = 2
+STORE_FORMAT = 1  # DiskStore's files; another format is not read
 # work-items per group of a padded grid: a wavefront's worth on GPUs; on CPUs, where a
 # group runs as one loop on one core, enough to make the group's overhead small
 PADDED_GROUP = {"gpu": 64, "cpu": 256}
@@ -55,17 +62,17 @@ class GenericPlans:
     model for other input shapes (None where it cannot be planned at them)."""
 
     def __init__(self, signature: Mapping[str, Dims],
-                 plan_at: Callable[[Shapes], ExecutionPlan | None], gpu: bool) -> None:
+                 plan_at: Callable[[Shapes], ExecutionPlan | None], gpu: bool,
+                 store: GenericStore | None = None) -> None:
         self._signature = dict(signature)
         self._group = PADDED_GROUP["gpu" if gpu else "cpu"]
         self._plan_at = plan_at
-        self.kernels = GenericKernels()
-        self._tried: set[str] = set()  # kernels sampled once without a generic form
+        self.kernels = GenericKernels(store)
 
     def apply(self, plan: ExecutionPlan, shapes: Mapping[str, Sequence[int]]) -> Generalized:
         rewritten, missing = self._rewrite(plan)
         sampled = False
-        if any(k.name not in self._tried for k in missing.values()):
+        if any(not self.kernels.was_tried(k) for k in missing.values()):
             sampled = True
             self._learn(missing, {n: tuple(s) for n, s in shapes.items()})
             rewritten, missing = self._rewrite(plan)
@@ -114,6 +121,9 @@ class GenericPlans:
         for steps in SAMPLE_STEPS:
             samples = [self._kernels_of(p) for p in self._sample_plans(shapes, steps)]
             for key, kernel in list(left.items()):
+                if self.kernels.answer(kernel) is not None:  # another step's, learned now
+                    del left[key]
+                    continue
                 found = [s[key] for s in samples if key in s]
                 generic = generalize([kernel, *found]) if found else None
                 if generic is not None:
@@ -121,7 +131,8 @@ class GenericPlans:
                     del left[key]
             if not left:
                 break
-        self._tried.update(k.name for k in left.values())
+        for kernel in {k.name: k for k in left.values()}.values():
+            self.kernels.give_up(kernel)
         log.debug("%d of %d kernel(s) without a generic form have one now",
                   len(missing) - len(left), len(missing))
 
@@ -181,3 +192,39 @@ def _with_dim(signature: Mapping[str, Dims], shapes: Shapes, symbol: object,
                 shape[axis] = value
         changed[name] = tuple(shape)
     return changed
+
+
+class DiskStore:
+    """GenericStore in a directory (the cache's `generic/` part): one JSON file per
+    skeleton, named by its hash, written atomically (two processes writing one skeleton:
+    the last write wins, and the loser's kernels are learned again when needed). A file
+    that cannot be read is ignored; a stored kernel is remade from its samples
+    (codegen/generic.py `from_json`), so nothing in a file can make a wrong kernel."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _path(self, skeleton: str) -> Path:
+        return self.root / (hashlib.sha256(skeleton.encode()).hexdigest()[:40] + ".json")
+
+    def load(self, skeleton: str) -> tuple[list[GenericKernel], set[str]]:
+        try:
+            data = json.loads(self._path(skeleton).read_text())
+            if data.get("format") != STORE_FORMAT:
+                return [], set()
+            kernels = [from_json(item) for item in data["kernels"]]
+            tried = {str(name) for name in data["tried"]}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.debug("generic kernels in %s not used: %s", self._path(skeleton), exc)
+            return [], set()
+        return [k for k in kernels if k is not None], tried
+
+    def save(self, skeleton: str, kernels: list[GenericKernel], tried: set[str]) -> None:
+        data = {"format": STORE_FORMAT, "kernels": [to_json(k) for k in kernels],
+                "tried": sorted(tried)}
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_file_atomic(self._path(skeleton), json.dumps(data).encode(), durable=False)
+        except OSError as exc:
+            log.debug("could not keep generic kernels in %s: %s", self.root, exc)

@@ -17,7 +17,11 @@ PoCL's kernel cache, from which the executor then builds and launches quickly (d
 without a cache of their own build again here, and ember's binary cache keeps the result).
 A program counts as warm (no workers) when this process built it, when the binary cache
 holds it, or when a marker says workers built it into the PoCL cache in use
-(`<PoCL cache>/ember-warm/<key>`, cleared, exported and imported with it). A kernel that
+(`<PoCL cache>/ember-warm/<key>`, cleared, exported and imported with it). The marker lists
+the launches the workers made (kernel and work-group, or grid where the driver picks the
+work-group, as PoCL compiles per work-group size): a model's shared program of generic
+kernels is launched differently by each input shape, and what no worker launched yet is
+warmed in workers first, also in a process that built the program already. A kernel that
 kills its worker is reported by step; the compiler sends those steps to the host.
 EMBER_WORKERS=0 builds in this process.
 """
@@ -38,6 +42,7 @@ import numpy as np
 
 from ember.runtime.cache import (
     POCL_PLATFORM, BinaryCache, cache_key, ember_version, pocl_cache_in_use, resolve_cache,
+    write_file_atomic,
 )
 from ember.codegen.types import Kernel
 from ember.codegen.mathlib import program_header
@@ -57,6 +62,8 @@ log = logging.getLogger(__name__)
 
 _PROGRAMS: dict[tuple[int, str], object] = {}
 _PROGRAMS_LOCK = threading.Lock()
+# the launches workers made of each program (see _prebuild_program), by (context, digest)
+_WARMED: dict[tuple[int, str], set[str]] = {}
 
 
 def program_source(kernels: list[Kernel]) -> str:
@@ -245,22 +252,36 @@ def _prebuild_program(kernels: list, launches: dict[str, set], device: OpenCLDev
     kernels that killed their worker, with the reason."""
     source = program_source(kernels)
     digest = hashlib.sha256((source + "\0").encode()).hexdigest()
+    program_id = (id(device.context), digest)
     with _PROGRAMS_LOCK:
-        if (id(device.context), digest) in _PROGRAMS:
-            return {}
+        if program_id in _PROGRAMS and program_id not in _WARMED:
+            return {}  # built here, outside the workers (EMBER_WORKERS=0, a warm start)
+        warmed = set(_WARMED.get(program_id, ()))
+    # what a launch compiles on a driver that compiles per work-group size (PoCL): the
+    # kernel and its work-group, or its grid where the driver picks the work-group
+    needed = {name: {_warmed_as(name, launch) for launch in launches[name]}
+              for name in (k.name for k in kernels) if name in launches}
     store = resolve_cache(cache)
     marker = None
     if store is not None:
         key = cache_key(source, (), device.info.traits.fingerprint, ember_version())
         marker = _warm_marker(store, key, device)
         try:
-            if store.entry_dir(key).is_dir() or marker.exists():
+            if store.entry_dir(key).is_dir():
                 return {}
+            if marker.exists():
+                warmed |= set(marker.read_text().split("\n")) - {""}
         except OSError:
             pass
     where = (device.info.platform_index, device.info.device_index)
-    names = [k.name for k in kernels if k.name in launches]
-    jobs = [(warm_kernel, (where, source, (), name, sorted(launches[name], key=str)))
+    # a shared program (generic kernels) is launched differently by each shape: only what
+    # no worker launched yet goes to the workers
+    names = [name for name, done in needed.items() if not done <= warmed]
+    with _PROGRAMS_LOCK:
+        _WARMED.setdefault(program_id, set()).update(warmed)
+    jobs = [(warm_kernel, (where, source, (), name,
+                           sorted((launch for launch in launches[name]
+                                   if _warmed_as(name, launch) not in warmed), key=str)))
             for name in names]
     if not jobs:
         return {}
@@ -278,13 +299,26 @@ def _prebuild_program(kernels: list, launches: dict[str, set], device: OpenCLDev
     for name, o in zip(names, outcomes):
         if not o.ok and not o.crashed:
             log.debug("kernel %s in a worker: %s", name, o.error)
-    if not crashed and marker is not None and all(o.ok for o in outcomes):
+    if crashed or not all(o.ok for o in outcomes):
+        return crashed
+    done = warmed.union(*needed.values())
+    with _PROGRAMS_LOCK:
+        _WARMED[program_id] = done
+    if marker is not None:
         try:
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.touch()
+            write_file_atomic(marker, "\n".join(sorted(done)).encode(), durable=False)
         except OSError as exc:
             log.debug("could not write %s: %s", marker, exc)
     return crashed
+
+
+def _warmed_as(name: str, launch: tuple) -> str:
+    """How a warm marker names one launch of kernel `name` (see _prebuild_program)."""
+    global_size, local_size = launch[0], launch[1]
+    if local_size is None:
+        return f"{name} grid {'x'.join(map(str, global_size))}"
+    return f"{name} group {'x'.join(map(str, local_size))}"
 
 
 class _BoundLaunch:

@@ -177,3 +177,17 @@ def test_the_weights_are_on_the_device_once_for_all_shapes(opencl_target, dynami
     shared = weights(first).keys() & weights(second).keys()
     assert shared, "no constant array is shared between the two shapes' plans"
     assert all(weights(first)[k] is weights(second)[k] for k in shared)
+
+
+def test_a_new_shape_on_generic_kernels_starts_no_build_workers(opencl_target, tmp_path):
+    from ember.workers import isolated, shared_pool
+
+    if not isolated():
+        pytest.skip("builds run in this process (EMBER_WORKERS=0): no workers to count")
+    compiled = ember.compile(dynamic_model(), target=opencl_target, cache=tmp_path)
+    compiled(**feeds(30))
+    jobs = shared_pool().jobs
+    compiled(**feeds(62))  # the same forms: 30 + 32
+    assert shared_pool().jobs == jobs
+    warmed = [line for lines in opencl._WARMED.values() for line in lines]
+    assert any("_g" in line for line in warmed), "no generic launch is recorded as warmed"

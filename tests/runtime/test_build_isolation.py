@@ -101,8 +101,10 @@ def test_prebuild_reports_the_step_and_a_warm_program_needs_no_workers(opencl_ta
                     ember_version())
     opencl._warm_marker(cache, key, device).unlink(missing_ok=True)  # PoCL's cache may be
     opencl._PROGRAMS.clear()  # shared with earlier runs; and as in a new process
+    opencl._WARMED.clear()
     jobs = pool.jobs
     assert prebuild(plan, device, cache=cache) == [] and pool.jobs > jobs  # cold: in workers
     opencl._PROGRAMS.clear()
+    opencl._WARMED.clear()
     jobs = pool.jobs
     assert prebuild(plan, device, cache=cache) == [] and pool.jobs == jobs  # warm: none
