@@ -156,8 +156,9 @@ def _matching(tokens: list[_Token], open_index: int, opening: str, closing: str)
     return len(tokens) - 1
 
 
-def _kernel_layout(tokens: list[_Token]) -> tuple[int, int, int] | None:
-    """Token indices of the kernel's parameter list's ')' and its body's '{' and '}'."""
+def _kernel_layout(tokens: list[_Token]) -> tuple[int, int, int, int] | None:
+    """Token indices of the kernel's parameter list's '(' and ')', and its body's '{' and
+    '}'."""
     for index, token in enumerate(tokens):
         if token.text == _NAME and index + 1 < len(tokens) and tokens[index + 1].text == "(":
             if not any(t.text in ("__kernel", "kernel") for t in tokens[max(0, index - 40):index]):
@@ -165,7 +166,7 @@ def _kernel_layout(tokens: list[_Token]) -> tuple[int, int, int] | None:
             close = _matching(tokens, index + 1, "(", ")")
             if close + 1 >= len(tokens) or tokens[close + 1].text != "{":
                 return None
-            return close, close + 1, _matching(tokens, close + 1, "{", "}")
+            return index + 1, close, close + 1, _matching(tokens, close + 1, "{", "}")
     return None
 
 
@@ -235,7 +236,7 @@ def _runtime_ok(tokens: list[_Token], literal_indices: Sequence[int]) -> bool:
     layout = _kernel_layout(tokens)
     if layout is None:
         return False
-    _, body_open, body_close = layout
+    _, _, body_open, body_close = layout
     macros: dict[str, int] = {}  # macro name -> index of its '#'
     for index, token in enumerate(tokens):
         if token.text == "#" and token.line_start and index + 2 < len(tokens) \
@@ -346,51 +347,38 @@ def generalize(samples: Sequence[Kernel]) -> GenericKernel | None:
             return None
         types.append(c_type)
     arguments = [f"ember_n{n}" for n in range(len(varying))]
-    text = first.text
-    for i, argument in sorted(zip(varying, arguments), reverse=True):
-        start, end = first.spans[i]
-        text = text[:start] + f"({argument})" + text[end:]
-    guarded = _GRID_BOUND.search(text) is None
-    if guarded:
-        types += ["int"] * GRID_DIMS
-        arguments += [f"ember_grid{d}" for d in range(GRID_DIMS)]
-        text = _add_guard(text)
-    text = _add_parameters(text, [f"const {t} {a}" for t, a in zip(types, arguments)])
-    if text is None:
-        return None
-    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    name = f"{samples[0].name.rsplit('_', 1)[0]}_g{digest}"
-    kernel = Kernel(name, text.replace(_NAME, name), samples[0].extensions, tuple(types))
-    constants = tuple(None if i in set(varying) else first.literals[i]
-                      for i in range(len(first.literals)))
-    used = tuple(k for k, f in zip(samples, forms) if f in alike)
-    return GenericKernel(kernel, first.skeleton, constants, guarded, used)
-
-
-def _add_guard(text: str) -> str:
-    """The kernel with a first statement that sends work-items past the real grid home."""
-    tokens = _tokens(text)
-    layout = _kernel_layout(tokens)
-    assert layout is not None
-    body = tokens[layout[1]]
-    checks = " || ".join(f"get_global_id({d}) >= (size_t)ember_grid{d}" for d in range(GRID_DIMS))
-    return text[:body.end] + f"\n    if ({checks}) return;" + text[body.end:]
-
-
-def _add_parameters(text: str, parameters: list[str]) -> str | None:
-    if not parameters:
-        return text
-    tokens = _tokens(text)
     layout = _kernel_layout(tokens)
     if layout is None:
         return None
-    close = tokens[layout[0]]
-    opening = text.rfind("(", 0, close.start)
-    inside = text[opening + 1:close.start].strip()
-    joined = ", ".join(parameters)
-    if inside in ("", "void"):
-        return text[:opening + 1] + joined + text[close.start:]
-    return text[:close.start] + ",\n    " + joined + text[close.start:]
+    guarded = _GRID_BOUND.search(first.text) is None
+    if guarded:
+        types += ["int"] * GRID_DIMS
+        arguments += [f"ember_grid{d}" for d in range(GRID_DIMS)]
+    # every edit in the coordinates of first.text, made from the last one back
+    edits = [(*first.spans[i], f"({argument})") for i, argument in zip(varying, arguments)]
+    if guarded:  # a first statement that sends work-items past the real grid home
+        checks = " || ".join(f"get_global_id({d}) >= (size_t)ember_grid{d}"
+                             for d in range(GRID_DIMS))
+        body = tokens[layout[2]].end
+        edits.append((body, body, f"\n    if ({checks}) return;"))
+    if arguments:
+        opening, close = tokens[layout[0]], tokens[layout[1]]
+        joined = ", ".join(f"const {t} {a}" for t, a in zip(types, arguments))
+        if first.text[opening.end:close.start].strip() in ("", "void"):
+            edits.append((opening.end, close.start, joined))
+        else:
+            edits.append((close.start, close.start, ",\n    " + joined))
+    text = first.text
+    for start, end, replacement in sorted(edits, reverse=True):
+        text = text[:start] + replacement + text[end:]
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    name = f"{samples[0].name.rsplit('_', 1)[0]}_g{digest}"
+    kernel = Kernel(name, text.replace(_NAME, name), samples[0].extensions, tuple(types))
+    argument_at = set(varying)
+    constants = tuple(None if i in argument_at else first.literals[i]
+                      for i in range(len(first.literals)))
+    used = tuple(k for k, f in zip(samples, forms) if f in alike)
+    return GenericKernel(kernel, first.skeleton, constants, guarded, used)
 
 
 def to_json(generic: GenericKernel) -> dict:
@@ -433,9 +421,6 @@ class GenericKernels:
         self._by_skeleton: dict[str, list[GenericKernel]] = {}
         # answers by kernel name (a kernel's name is its source's hash), until the next add
         self._answers: dict[str, tuple[GenericKernel, tuple[int, ...]] | None] = {}
-
-    def __len__(self) -> int:
-        return sum(len(found) for found in self._by_skeleton.values())
 
     def kernels(self) -> list[Kernel]:
         """Every generic kernel, in a fixed order: the one program of the model."""

@@ -349,13 +349,6 @@ class SharedConstants:
         if self._shareable(array):
             self._buffers[id(array)] = (array, buffer)
 
-    def __len__(self) -> int:
-        return len(self._buffers)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(array.nbytes for array, _ in self._buffers.values())
-
 
 class OpenCLExecutor:
     """Runs one plan. `shared_constants`, kept by the model across its plans (one per input
