@@ -27,7 +27,7 @@ from ember.codegen.params import TUNABLE_OPS
 from ember.tuning.tuner import TuneBudget, TuneResult, tuned_target
 from ember.feeds import bind_feeds, select_outputs
 from ember.errors import (
-    CompileError, DTypeError, InputError, UnsupportedOpError,
+    CompileError, DTypeError, UnsupportedOpError,
 )
 from ember.frontends.dims import is_dynamic, resolve_shapes
 from ember.frontends.onnx import import_graph, input_signature, load_model, value_info_type
@@ -41,7 +41,7 @@ from ember.runtime.opencl import OpenCLExecutor, SharedConstants, prebuild
 from ember.runtime.plan import (
     DEVICE, HOST, ExecutionPlan, PackedConstants, build_plan, node_spec,
 )
-from ember.profile import Profile
+from ember.profile import Profile, check_counts, measure
 from ember.summary import ModelStats, format_summary, model_stats
 from ember.runtime.resources import (
     check_buffers,
@@ -356,33 +356,28 @@ class CompiledModel:
         of a specialization also builds kernels): device time from OpenCL profiling events,
         host time for steps that ran through numpy (every node on the numpy target). Inputs
         as for a call; an input named `runs` or `warmup` goes in a feed dict."""
-        if runs < 1 or warmup < 0:
-            raise InputError(f"profile needs runs >= 1 and warmup >= 0, got runs={runs}, "
-                             f"warmup={warmup}")
+        check_counts(runs, warmup)
         feeds = self._bind(args, kwargs)
-        samples: list[list[tuple[str, str, str, float]]] = []
         with self._lock:
             spec = self._for_shapes(feeds)
+            placement = {s.name: s.placement for s in spec.plan.steps}
             with driver_failures(f"profiling the model on {self._where()} with input shapes "
                                  f"{spec.shapes}"):
-                for index in range(warmup + runs):
-                    timings = self._timed_steps(spec, feeds)
-                    if index >= warmup:
-                        samples.append(timings)
-        steps = [(name, op, placement) for name, op, placement, _ in samples[0]]
-        return Profile(steps, [{name: s for name, _, _, s in run} for run in samples],
-                       warmup=warmup,
-                       title=f"profile of {spec.graph.name!r} on {self._where()}, input shapes "
-                             f"{self._shapes_text([feeds[n].shape for n in self.input_names])}")
+                return measure(
+                    lambda: self._timed_steps(spec, feeds),
+                    lambda name: placement.get(name, HOST), runs=runs, warmup=warmup,
+                    title=f"profile of {spec.graph.name!r} on {self._where()}, input shapes "
+                          f"{self._shapes_text([feeds[n].shape for n in self.input_names])}")
 
-    def _timed_steps(self, spec: _Specialization, feeds: Mapping[str, np.ndarray]
-                     ) -> list[tuple[str, str, str, float]]:
-        """(step, op, placement, seconds) of one call, in execution order."""
+    @staticmethod
+    def _timed_steps(spec: _Specialization, feeds: Mapping[str, np.ndarray]
+                     ) -> list[tuple[str, str, float]]:
+        """(step, op, seconds) of one call, in execution order."""
         if spec.executor is None:
-            return _profile_numpy(spec.graph, feeds)
-        _, timings = spec.executor.run(feeds, profile=True)
-        by_name = {s.name: s for s in spec.plan.steps}
-        return [(name, op, by_name[name].placement, seconds) for name, op, seconds in timings]
+            timings: list[tuple[str, str, float]] = []
+            evaluate_graph(spec.graph, feeds, timings)
+            return timings
+        return spec.executor.run(feeds, profile=True)[1]
 
     # -- reporting ------------------------------------------------------------------------
     @property
@@ -479,28 +474,6 @@ def _generic_note(generalized: Generalized | None) -> str:
     note = (f"; {generalized.generic_launches} of {generalized.launches} launches on "
             f"generic kernels")
     return note + (" (sampled other sizes)" if generalized.sampled else "")
-
-
-def _profile_numpy(graph: Graph, feeds: Mapping[str, np.ndarray]
-                   ) -> list[tuple[str, str, str, float]]:
-    """(node, op, "host", seconds) of one evaluation, constants and inputs left out."""
-    from ember.runtime.numpy import evaluate_node
-    from ember.ir import Value
-
-    env: dict[Value, np.ndarray] = {}
-    rows = []
-    for node in graph.topological_order():
-        op = graph.op(node)
-        if op == "Input":
-            env[Value(node, 0)] = feeds[graph.node_name(node)]
-            continue
-        start = time.perf_counter()
-        results = evaluate_node(graph, node, [env[v] for v in graph.inputs_of(node)])
-        if op != "Constant":
-            rows.append((graph.node_name(node), op, HOST, time.perf_counter() - start))
-        for port, r in enumerate(results):
-            env[Value(node, port)] = r
-    return rows
 
 
 def compile(  # noqa: A001 - the public name of the API

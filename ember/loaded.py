@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ember.feeds import bind_feeds, select_outputs
-from ember.errors import CompileError, InputError, ModelLoadError
+from ember.errors import CompileError, ModelLoadError
 from ember.paths import VERSION
-from ember.profile import Profile
+from ember.profile import Profile, check_counts, measure
 from ember.runtime.bundle import Bundle, DeviceRecord, PlanFormatError, read_bundle, read_model
 from ember.runtime.device import NUMPY, OpenCLDevice, devices, resolve_target
 from ember.runtime.host import run_on_host
@@ -149,9 +149,7 @@ class LoadedModel:
     def profile(self, *args: Any, runs: int = 10, warmup: int = 1, **kwargs: Any) -> Profile:
         """Per-step times over `runs` calls after `warmup` unmeasured ones, as
         CompiledModel.profile measures them."""
-        if runs < 1 or warmup < 0:
-            raise InputError(f"profile needs runs >= 1 and warmup >= 0, got runs={runs}, "
-                             f"warmup={warmup}")
+        check_counts(runs, warmup)
         feeds = self._bind(args, kwargs)
         key = tuple(feeds[name].shape for name in self.input_names)
         with self._lock:
@@ -161,22 +159,19 @@ class LoadedModel:
                     *(feeds[name] for name in self.input_names), runs=runs, warmup=warmup)
             self._current = runner
             placement = {step.name: step.placement for step in runner.plan.steps}
-            samples = []
+
+            def call() -> list[tuple[str, str, float]]:
+                if runner.executor is None:
+                    timings: list[tuple[str, str, float]] = []
+                    run_on_host(runner.plan, feeds, timings)
+                    return timings
+                return runner.executor.run(feeds, profile=True)[1]
+
             with driver_failures(f"profiling the model of {self.path} on {self.target} "
                                  f"with input shapes {key}"):
-                for index in range(warmup + runs):
-                    if runner.executor is None:
-                        timings: list[tuple[str, str, float]] = []
-                        run_on_host(runner.plan, feeds, timings)
-                    else:
-                        _, timings = runner.executor.run(feeds, profile=True)
-                    if index >= warmup:
-                        samples.append(timings)
-        steps = [(name, op, placement[name]) for name, op, _ in samples[0]]
-        return Profile(steps, [{name: s for name, _, s in run} for run in samples],
-                       warmup=warmup, title=f"profile of {self.name!r} from {self.path} on "
-                                            f"{self.target}, input shapes "
-                                            f"{self._shapes_text(key)}")
+                return measure(call, placement.__getitem__, runs=runs, warmup=warmup,
+                               title=f"profile of {self.name!r} from {self.path} on "
+                                     f"{self.target}, input shapes {self._shapes_text(key)}")
 
     def _compiled_model(self, key: tuple | None = None) -> CompiledModel:
         """The bundle's ONNX model compiled for this target (made at the first need)."""

@@ -8,11 +8,13 @@ total, so that one slow run cannot reorder the table.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Profile", "ProfileRow", "OpTime"]
+from ember.errors import InputError
+
+__all__ = ["Profile", "ProfileRow", "OpTime", "check_counts", "measure"]
 
 
 @dataclass(frozen=True)
@@ -121,3 +123,27 @@ class Profile:
         slowest = f", slowest {self.rows[0].op} {self.rows[0].step!r}" if self.rows else ""
         return (f"<ember.Profile {len(self.rows)} step(s), {self.total_ms:.3f} ms total over "
                 f"{self.runs} run(s){slowest}>")
+
+
+def check_counts(runs: int, warmup: int) -> None:
+    """InputError for counts no profile can have, before anything is compiled or run."""
+    if runs < 1 or warmup < 0:
+        raise InputError(f"profile needs runs >= 1 and warmup >= 0, got runs={runs}, "
+                         f"warmup={warmup}")
+
+
+def measure(call: Callable[[], Sequence[tuple[str, str, float]]],
+            placement: Callable[[str], str], *, runs: int, warmup: int,
+            title: str) -> Profile:
+    """The Profile of `warmup` unmeasured then `runs` measured calls of `call`, which runs
+    the model once and returns (step, op, seconds) in execution order; `placement(step)`
+    says where a step ran. A model's profile() and a loaded bundle's measure alike."""
+    check_counts(runs, warmup)
+    samples = []
+    for index in range(warmup + runs):
+        timings = call()
+        if index >= warmup:
+            samples.append(timings)
+    steps = [(name, op, placement(name)) for name, op, _ in samples[0]]
+    return Profile(steps, [{name: s for name, _, s in run} for run in samples],
+                   warmup=warmup, title=title)

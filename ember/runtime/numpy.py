@@ -3,6 +3,7 @@ when no OpenCL device exists. An environment keyed by Value, a topological loop,
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 
 import numpy as np
@@ -30,8 +31,11 @@ def evaluate_node(graph: Graph, node: int, args: list[np.ndarray]) -> tuple[np.n
     return tuple(out)
 
 
-def evaluate_graph(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Evaluate every node in topological order; returns outputs by name."""
+def evaluate_graph(graph: Graph, inputs: Mapping[str, np.ndarray],
+                   timings: list[tuple[str, str, float]] | None = None
+                   ) -> dict[str, np.ndarray]:
+    """Evaluate every node in topological order; returns outputs by name. With `timings`,
+    (node, op, seconds) of every node but inputs and constants is appended to it."""
     env: dict[Value, np.ndarray] = {}
     for node in graph.topological_order():
         op = graph.op(node)
@@ -39,6 +43,9 @@ def evaluate_graph(graph: Graph, inputs: Mapping[str, np.ndarray]) -> dict[str, 
             env[Value(node, 0)] = np.asarray(inputs[graph.node_name(node)])
             continue
         args = [env[v] for v in graph.inputs_of(node)]
+        start = time.perf_counter()
         for port, result in enumerate(evaluate_node(graph, node, args)):
             env[Value(node, port)] = result
+        if timings is not None and op != "Constant":
+            timings.append((graph.node_name(node), op, time.perf_counter() - start))
     return {name: env[value] for name, value in graph.outputs}
