@@ -24,7 +24,7 @@ from ember.errors import InputError
 from ember.frontends.onnx import input_signature, load_model
 from ember.paths import CACHE_DIR_ENV, default_cache_dir
 from ember.runtime.cache import TEMPLATES, TUNING, WARM, BinaryCache, default_cache
-from ember.runtime.cache import pocl_cache_in_use
+from ember.runtime.pocl_cache import pocl_cache_in_use
 from ember.runtime.cache_archive import export_cache, import_cache
 from ember.runtime.cache_contents import CacheContents, PoclKernels, survey, warm_dirs
 

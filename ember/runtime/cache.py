@@ -16,7 +16,7 @@ Layout (the root is `EMBER_CACHE_DIR`, else the user cache directory of `platfor
     programs/<key[:2]>/<key>/binary       the driver's program binary, raw bytes
     programs/<key[:2]>/<key>/source.cl    the source it was built from (for reading, import)
     programs/<key[:2]>/<key>/info.json    key fields and the binary's sha256
-    pocl/                                 PoCL's own kernel cache (see `share_pocl_cache`)
+    pocl/                                 PoCL's own kernel cache (runtime/pocl_cache.py)
     pocl/ember-warm/<key>, ember-warm/<key>   markers: workers built the program without a
                                           crash (runtime/opencl.py `prebuild`)
     tuning/<device>-<digest>.json         the TuningDB, one file per device (tuning/db.py)
@@ -45,7 +45,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +55,8 @@ from ember.codegen.render import TEMPLATE_CODE
 
 __all__ = [
     "CACHE_DIR_ENV", "FORMAT", "BinaryCache", "CacheEntry", "CacheStats", "cache_key",
-    "default_cache", "default_cache_dir", "ember_version", "pocl_cache_in_use",
-    "resolve_cache", "share_pocl_cache", "stores_binaries_by_default", "verify_entry",
-    "verify_entry_bytes", "write_file_atomic",
+    "default_cache", "default_cache_dir", "ember_version", "resolve_cache",
+    "stores_binaries_by_default", "verify_entry", "verify_entry_bytes", "write_file_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,7 +94,7 @@ def stores_binaries_by_default(traits: DeviceTraits) -> bool:
     generic work-group size (resnet_mini's 14 kernels: several seconds, more than the build
     itself), and a program loaded from that binary still compiles the kernels it launches,
     per work-group size, at their first launch. Its own kernel cache (kept in ember's, see
-    `share_pocl_cache`) serves warm starts instead. So a plain compile does not fetch PoCL
+    runtime/pocl_cache.py) serves warm starts instead. So a plain compile does not fetch PoCL
     binaries; `ember cache build` (store_binaries=True) does, and loading one is cheap."""
     return traits.platform != POCL_PLATFORM
 
@@ -458,69 +456,3 @@ def resolve_cache(cache: bool | str | os.PathLike[str] | BinaryCache | None
     if isinstance(cache, (str, os.PathLike)):
         return BinaryCache(cache)
     raise TypeError(f"cache= takes a bool, a directory or a BinaryCache, not {cache!r}")
-
-
-# -- PoCL's own cache ------------------------------------------------------------------------
-POCL_ENV = "POCL_CACHE_DIR"
-_POCL_SHARED: list[Path] = []  # the directory this process pointed PoCL at, if any
-
-
-def share_pocl_cache() -> Path | None:
-    """Point PoCL's kernel cache at `<ember cache>/pocl`, unless the user set POCL_CACHE_DIR.
-
-    PoCL's program binary holds LLVM IR only; it compiles each kernel to machine code at the
-    kernel's first launch and keeps that in its own cache. Keeping PoCL's cache inside
-    ember's makes `ember cache build/export/import` carry the compiled kernels as well, so
-    that a deployed cache starts warm. PoCL keys that cache by a hash of the program, build
-    options, PoCL and LLVM versions, its build timestamp and the CPU target: files made on
-    another machine are never used by a different one. Must run before PoCL initializes
-    (the first clGetPlatformIDs); PoCL lists no device at all when it cannot create its
-    cache directory, so the directory is created and probed first, and left alone if that
-    fails."""
-    if os.environ.get(POCL_ENV):
-        return None
-    where = default_cache().pocl_dir
-    try:
-        where.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix="tempfile-ember-probe", dir=where)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        log.info("PoCL keeps its own cache: %s is not writable (%s)", where, exc)
-        return None
-    os.environ[POCL_ENV] = str(where)
-    _POCL_SHARED[:] = [where]
-    log.debug("PoCL's kernel cache is %s", where)
-    _sweep_pocl_leftovers(where)
-    return where
-
-
-POCL_LEFTOVER_SECONDS = 3600.0
-
-
-def _sweep_pocl_leftovers(where: Path) -> None:
-    """Quirk, PoCL: each process leaves an empty `tempfile_*` at the top of its cache. An
-    empty one older than an hour is no write in progress (PoCL fills a temp file and renames
-    it at once): delete it, so that the directory does not grow by one file a run."""
-    horizon = time.time() - POCL_LEFTOVER_SECONDS
-    try:
-        with os.scandir(where) as found:
-            items = [i for i in found if i.name.startswith("tempfile")]
-    except OSError:
-        return
-    for item in items:
-        try:  # another process may sweep it first
-            stat = item.stat(follow_symlinks=False)
-            if item.is_file(follow_symlinks=False) and stat.st_size == 0 \
-                    and stat.st_mtime < horizon:
-                os.unlink(item.path)
-        except OSError:
-            continue
-
-
-def pocl_cache_in_use() -> Path | None:
-    """Where PoCL keeps its cache in this process, when ember or the user set it."""
-    if _POCL_SHARED:
-        return _POCL_SHARED[0]
-    explicit = os.environ.get(POCL_ENV)
-    return Path(explicit) if explicit else None

@@ -11,7 +11,7 @@ import logging
 import threading
 from dataclasses import dataclass, replace
 
-from ember.runtime.cache import share_pocl_cache
+from ember.runtime.pocl_cache import share_pocl_cache
 from ember.codegen.families import FAMILIES, DeviceTraits, Family, Target, read_traits
 from ember.errors import DeviceError, InputError
 

@@ -41,9 +41,9 @@ from pathlib import Path
 import numpy as np
 
 from ember.runtime.cache import (
-    POCL_PLATFORM, BinaryCache, cache_key, ember_version, pocl_cache_in_use, resolve_cache,
-    write_file_atomic,
+    POCL_PLATFORM, BinaryCache, cache_key, ember_version, resolve_cache, write_file_atomic,
 )
+from ember.runtime.pocl_cache import pocl_cache_in_use
 from ember.codegen.types import Kernel
 from ember.codegen.mathlib import program_header
 from ember.workers import isolated, shared_pool, worker_count

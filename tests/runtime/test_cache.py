@@ -20,6 +20,7 @@ import pytest
 
 import ember
 from ember.runtime import cache as cache_module
+from ember.runtime import pocl_cache
 from ember.runtime.cache import (
     BINARY, INFO, SOURCE, BinaryCache, CacheStats, cache_key, default_cache, ember_version,
     stores_binaries_by_default, verify_entry,
@@ -108,20 +109,20 @@ def test_cache_argument_and_default_dir(opencl_target, tmp_path, fresh_programs,
 def test_pocl_cache_goes_into_ember_cache_unless_set(tmp_path, monkeypatch) -> None:
     """share_pocl_cache only sets POCL_CACHE_DIR (read by PoCL when it initializes; the
     subprocess tests check PoCL really uses it) when the user has not, to a writable dir."""
-    monkeypatch.setattr(cache_module, "_POCL_SHARED", [])
+    monkeypatch.setattr(pocl_cache, "_POCL_SHARED", [])
     monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "ember"))
     monkeypatch.setenv("POCL_CACHE_DIR", str(tmp_path / "users"))
-    assert cache_module.share_pocl_cache() is None
+    assert pocl_cache.share_pocl_cache() is None
     assert os.environ["POCL_CACHE_DIR"] == str(tmp_path / "users")
     monkeypatch.delenv("POCL_CACHE_DIR")
-    assert cache_module.share_pocl_cache() == tmp_path / "ember" / "pocl"
+    assert pocl_cache.share_pocl_cache() == tmp_path / "ember" / "pocl"
     assert os.environ["POCL_CACHE_DIR"] == str(tmp_path / "ember" / "pocl")
-    assert cache_module.pocl_cache_in_use() == tmp_path / "ember" / "pocl"
+    assert pocl_cache.pocl_cache_in_use() == tmp_path / "ember" / "pocl"
     assert not list((tmp_path / "ember" / "pocl").iterdir())  # the probe cleaned up
     monkeypatch.delenv("POCL_CACHE_DIR")
     (tmp_path / "file").write_text("")
     monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path / "file" / "ember"))
-    assert cache_module.share_pocl_cache() is None and "POCL_CACHE_DIR" not in os.environ
+    assert pocl_cache.share_pocl_cache() is None and "POCL_CACHE_DIR" not in os.environ
 
 
 def test_pocl_binaries_are_stored_only_when_asked() -> None:
@@ -378,7 +379,7 @@ CHILD = textwrap.dedent("""
     import numpy as np
     import ember
     from ember.runtime.cache import BinaryCache, default_cache, default_cache_dir
-    from ember.runtime.cache import pocl_cache_in_use
+    from ember.runtime.pocl_cache import pocl_cache_in_use
     x = np.arange(15, dtype=np.float32).reshape(3, 5) / 7
     # "always" stores binaries on every device (as `ember cache build` does), else default
     cache = (BinaryCache(default_cache_dir(), store_binaries=True)

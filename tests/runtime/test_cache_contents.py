@@ -18,7 +18,7 @@ from ember.codegen.families import DeviceTraits, Target
 from ember.codegen.kernels.gemm_cpu import CpuGemmParams
 from ember.codegen.render import TEMPLATE_CODE
 from ember.paths import default_cache_dir
-from ember.runtime import cache as cache_module
+from ember.runtime import pocl_cache
 from ember.runtime.cache import (
     POCL, TEMPLATES, TUNING, WARM, BinaryCache, cache_key, ember_version,
 )
@@ -224,19 +224,19 @@ def test_clear_keeps_the_tuning_db_unless_asked(tmp_path) -> None:
 def test_pocl_leftover_temp_files_are_swept(tmp_path, monkeypatch) -> None:
     """Only empty ones older than an hour: a younger or non-empty one may be a write in
     progress."""
-    monkeypatch.setattr(cache_module, "_POCL_SHARED", [])
+    monkeypatch.setattr(pocl_cache, "_POCL_SHARED", [])
     monkeypatch.setenv("POCL_CACHE_DIR", "")  # restored after the test, set or not
     monkeypatch.delenv("POCL_CACHE_DIR")
     monkeypatch.setenv("EMBER_CACHE_DIR", str(tmp_path))
     pocl = tmp_path / POCL
-    hour_ago = time.time() - cache_module.POCL_LEFTOVER_SECONDS - 60
+    hour_ago = time.time() - pocl_cache.POCL_LEFTOVER_SECONDS - 60
     old_empty = write(pocl / "tempfile_old", b"")
     young_empty = write(pocl / "tempfile_young", b"")
     old_full = write(pocl / "tempfile_full", b"data")
     kernel = write(pocl / "AB" / "tempfile_deep", b"")
     for path in (old_empty, old_full, kernel):
         os.utime(path, (hour_ago, hour_ago))
-    assert cache_module.share_pocl_cache() == pocl
+    assert pocl_cache.share_pocl_cache() == pocl
     assert not old_empty.exists()
     assert young_empty.exists() and old_full.exists() and kernel.exists()
 
