@@ -27,7 +27,7 @@ from ember.codegen.params import TUNABLE_OPS
 from ember.tuning.tuner import TuneBudget, TuneResult, tuned_target
 from ember.feeds import bind_feeds, select_outputs
 from ember.errors import (
-    CompileError, DTypeError, UnsupportedOpError,
+    CompileError, DataDependentError, DTypeError, UnsupportedOpError,
 )
 from ember.frontends.dims import is_dynamic, resolve_shapes
 from ember.frontends.onnx import import_graph, input_signature, load_model, value_info_type
@@ -42,6 +42,7 @@ from ember.runtime.plan import (
     DEVICE, HOST, ExecutionPlan, PackedConstants, build_plan, node_spec,
 )
 from ember.profile import Profile, check_counts, measure
+from ember.staged import StagedModel
 from ember.summary import ModelStats, format_summary, model_stats
 from ember.runtime.resources import (
     check_buffers,
@@ -120,6 +121,9 @@ class CompiledModel:
         self._shared_constants = SharedConstants(self._is_weight)
         # one call at a time per model: the executor's buffers are shared between calls
         self._lock = threading.RLock()
+        # a model whose import stops at a node needing run-time values runs staged
+        # (ember/staged.py): compiled segments with host nodes between them
+        self._staged: StagedModel | None = None
 
     # -- compiling ------------------------------------------------------------------------
     @property
@@ -194,6 +198,30 @@ class CompiledModel:
             log.info("specialized %r on %s for input shapes %s in %.0f ms%s", graph.name,
                      self.target, key, spec.compile_seconds * 1e3, _generic_note(generalized))
         return spec
+
+    def _specialize_or_stage(self, shapes: Mapping[str, Sequence[int]] | None
+                             ) -> _Specialization | None:
+        """The specialization for `shapes`, or None when the model runs staged: its import
+        met a node whose output shapes depend on run-time values (self._staged runs it)."""
+        if self._staged is not None:
+            return None
+        try:
+            return self._specialize(shapes)
+        except DataDependentError as exc:
+            assert not isinstance(self._source, Graph)  # a Graph's shapes are all known
+            log.info("%r runs staged: %s", self._source.graph.name, exc)
+            self._staged = StagedModel(self._source, self._compile_segment,
+                                       initializers=self._initializers)
+            return None
+
+    def _compile_segment(self, graph: Graph) -> CompiledModel:
+        """A staged model's segment (or branch, or loop body) compiled like a model, with
+        this model's settings; its shapes are all known, so it compiles now."""
+        segment = CompiledModel(graph, self.device, self.opt_level, self.strict, False,
+                                self._verify, self._record_ir, self.plan_memory,
+                                cache=self.cache)
+        segment._specialize(None)
+        return segment
 
     def _import(self, shapes: Mapping[str, Sequence[int]]) -> Graph:
         """The ONNX model as a Graph for these input shapes; the model's checks and its
@@ -308,7 +336,12 @@ class CompiledModel:
 
         with self._lock:
             if not self._specializations and not self.dynamic:
-                self._specialize(None)
+                self._specialize_or_stage(None)
+            if self._staged is not None:
+                raise UnsupportedOpError(
+                    f"save(): {self._source.graph.name!r} runs staged (host nodes "
+                    f"{self._staged.host_nodes() or 'between segments'} decide shapes at run "
+                    f"time); a bundle holds fixed plans only, so staged models are not saved")
             specs = list(self._specializations.values())
             source = self._source
             return save_compiled(
@@ -323,12 +356,16 @@ class CompiledModel:
     def _bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return bind_feeds(self._signature, args, kwargs)
 
-    def _for_shapes(self, feeds: Mapping[str, np.ndarray]) -> _Specialization:
+    def _for_shapes(self, feeds: Mapping[str, np.ndarray]) -> _Specialization | None:
+        """The specialization for the feeds' shapes; None when the model runs staged."""
         key = tuple(feeds[name].shape for name in self.input_names)
         spec = self._specializations.pop(key, None)
         if spec is None:
             log.debug("specializing for input shapes %s", key)
-            spec = self._specialize({name: feeds[name].shape for name in self.input_names})
+            spec = self._specialize_or_stage(
+                {name: feeds[name].shape for name in self.input_names})
+            if spec is None:
+                return None
         else:
             self._specializations[key] = spec  # the most recently used last
         self._current = spec
@@ -338,6 +375,8 @@ class CompiledModel:
         feeds = self._bind(args, kwargs)
         with self._lock:
             spec = self._for_shapes(feeds)
+            if spec is None:
+                return self._staged(feeds)
             with driver_failures(f"running the model on {self._where()} with input shapes "
                                  f"{spec.shapes}"):
                 if spec.executor is None:
@@ -360,6 +399,9 @@ class CompiledModel:
         feeds = self._bind(args, kwargs)
         with self._lock:
             spec = self._for_shapes(feeds)
+            if spec is None:
+                raise UnsupportedOpError(f"profile(): {self._staged.name!r} runs staged; "
+                                         f"profile its segments (summary() lists them)")
             placement = {s.name: s.placement for s in spec.plan.steps}
             with driver_failures(f"profiling the model on {self._where()} with input shapes "
                                  f"{spec.shapes}"):
@@ -381,6 +423,12 @@ class CompiledModel:
 
     # -- reporting ------------------------------------------------------------------------
     @property
+    def staged(self) -> StagedModel | None:
+        """The staged runtime when the model has host nodes between compiled segments
+        (known once it compiled: at compile() for fixed shapes, else at the first call)."""
+        return self._staged
+
+    @property
     def graph(self) -> Graph:
         return self._active().graph
 
@@ -394,8 +442,10 @@ class CompiledModel:
 
     def _active(self) -> _Specialization:
         with self._lock:
-            if self._current is None:
-                self._specialize(None)
+            if self._current is None and self._specialize_or_stage(None) is None:
+                raise UnsupportedOpError(
+                    f"{self._staged.name!r} runs staged: it has no single graph or plan; "
+                    f"summary() lists its segments and host nodes")
             assert self._current is not None
             return self._current
 
@@ -408,6 +458,9 @@ class CompiledModel:
         (compiled now if it was not; dims as for compile()'s input_shapes), or without
         shapes of the one that ran last. The title names the input shapes it describes."""
         with self._lock:
+            if self._staged is not None or (self._current is None and self.dynamic is False
+                                            and self._specialize_or_stage(None) is None):
+                return self._staged.summary()
             if shapes is None:
                 spec = self._active()
             else:
@@ -531,5 +584,5 @@ def compile(  # noqa: A001 - the public name of the API
     # A model with dims nobody gave compiles at its first call, for the arrays' shapes;
     # input_shapes (or tune=, which measures kernels now) compiles now, every dim known.
     if input_shapes is not None or tune or not compiled.dynamic:
-        compiled._specialize(input_shapes)
+        compiled._specialize_or_stage(input_shapes)
     return compiled

@@ -11,6 +11,7 @@ __all__ = [
     "InputError",
     "ModelLoadError",
     "NonConstantInputError",
+    "DataDependentError",
     "VerifyError",
     "PassError",
     "CompileError",
@@ -51,6 +52,18 @@ class NonConstantInputError(UnsupportedOpError):
     def __init__(self, message: str, names: tuple[str, ...]):
         super().__init__(message)
         self.names = names
+
+
+class DataDependentError(UnsupportedOpError):
+    """A node's output shape depends on the *values* of inputs that are not known at
+    compile time (NonZero, Unique, NonMaxSuppression, an If whose condition is computed).
+    The importer stops there: what comes before is compiled, the node runs on the host
+    once its inputs are computed, and what comes after is specialized on the shapes it
+    produced (see "Data-dependent shapes" in docs/ARCHITECTURE.md)."""
+
+    def __init__(self, message: str, node: str = ""):
+        super().__init__(message)
+        self.node = node
 
 
 class VerifyError(EmberError):

@@ -50,6 +50,8 @@ def bind_feeds(signature: Signature, args: Sequence[Any], kwargs: Mapping[str, A
     for name in names:
         dims, dtype = signature[name]
         array = np.asarray(feeds[name])
+        if dtype is DType.STRING and array.dtype.kind == "U":  # numpy's fixed-width text
+            array = array.astype(object)
         if array.dtype != dtype.np_dtype:
             raise DTypeError(f"input {name!r} expects dtype {dtype}, got {array.dtype}")
         if array.ndim != len(dims):

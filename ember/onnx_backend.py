@@ -21,10 +21,16 @@ from onnx import helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep, namedtupledict
 
 from ember.compiler import CompiledModel, compile
-from ember.errors import DeviceError, InputError, NonConstantInputError
-from ember.frontends.onnx import import_onnx, input_signature, load_model
+from ember.errors import (
+    DataDependentError,
+    DeviceError,
+    InputError,
+    NonConstantInputError,
+)
+from ember.frontends.onnx import import_onnx, load_model
 from ember.frontends.onnx.checks import MAX_OPSET
 from ember.runtime.device import NUMPY, devices, resolve_target
+from ember.staged import StagedModel
 
 __all__ = ["EmberBackend", "EmberRep", "prepare", "run_model", "run_node", "supports_device"]
 
@@ -61,13 +67,48 @@ def _as_array(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+def _as_value(value: Any, declared: onnx.TypeProto | None) -> Any:
+    """An input as the staged runtime holds it: an array, a list for a sequence, None for
+    an empty optional. A sequence input given as one array (its items stacked, as
+    `np.asarray` makes of a list) is split back into its items."""
+    kind = declared.WhichOneof("value") if declared is not None else "tensor_type"
+    if kind == "optional_type":
+        if isinstance(value, np.ndarray) and value.dtype == object and value.shape == () \
+                and value.item() is None:
+            value = None  # np.asarray(None)
+        return None if value is None else _as_value(value, declared.optional_type.elem_type)
+    if kind == "sequence_type":
+        if isinstance(value, onnx.SequenceProto):
+            value = numpy_helper.to_list(value)
+        return [_as_value(v, declared.sequence_type.elem_type) for v in value]
+    return _as_array(value)
+
+
+def _host_typed(model: onnx.ModelProto) -> bool:
+    """Whether an input or output of the model is a sequence or an optional."""
+    return any(info.type.WhichOneof("value") != "tensor_type"
+               for info in list(model.graph.input) + list(model.graph.output))
+
+
 class EmberRep(BackendRep):
     def __init__(self, model: onnx.ModelProto, target: str | None) -> None:
         self.model = load_model(model)
         self.target = target
-        self.input_names = list(input_signature(self.model))
+        initializers = {t.name for t in self.model.graph.initializer}
+        self._declared = {i.name: i.type for i in self.model.graph.input
+                          if i.name not in initializers}
+        self.input_names = list(self._declared)
         self.output_names = [o.name for o in self.model.graph.output]
         self._compiled: dict[tuple, tuple[CompiledModel, frozenset[str]]] = {}
+        # models with sequences, optionals or data-dependent shapes run staged
+        self._staged: StagedModel | None = None
+        if _host_typed(self.model):
+            self._staged = self._staging()
+
+    def _staging(self) -> StagedModel:
+        target = self.target
+        return StagedModel(self.model, lambda graph: compile(graph, target=target),
+                           freeze_inputs=True)
 
     def _compile_for(self, feeds: dict[str, np.ndarray]) -> tuple[CompiledModel, frozenset[str]]:
         key = tuple((n, a.shape, str(a.dtype)) for n, a in feeds.items())
@@ -92,13 +133,22 @@ class EmberRep(BackendRep):
 
     def run(self, inputs: Any, **kwargs: Any) -> tuple[Any, ...]:
         if isinstance(inputs, dict):
-            feeds = {name: _as_array(inputs[name]) for name in self.input_names}
+            feeds = {name: _as_value(inputs[name], self._declared[name])
+                     for name in self.input_names}
         else:
             if isinstance(inputs, (np.ndarray, onnx.TensorProto)):
                 inputs = [inputs]
-            feeds = {name: _as_array(a) for name, a in zip(self.input_names, inputs)}
-        compiled, frozen = self._compile_for(feeds)
-        outputs = compiled(**{n: a for n, a in feeds.items() if n not in frozen})
+            feeds = {name: _as_value(a, self._declared[name])
+                     for name, a in zip(self.input_names, inputs)}
+        outputs = None
+        if self._staged is None:
+            try:
+                compiled, frozen = self._compile_for(feeds)
+                outputs = compiled(**{n: a for n, a in feeds.items() if n not in frozen})
+            except DataDependentError:
+                self._staged = self._staging()
+        if self._staged is not None:
+            outputs = self._staged(feeds)
         return namedtupledict("Outputs", self.output_names)(
             *[outputs[name] for name in self.output_names]
         )

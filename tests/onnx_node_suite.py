@@ -1,9 +1,8 @@
 """ONNX's own backend node tests (from the installed onnx package), scoped to ember's ops.
 
-A node test is in scope when every op of its graph is one ember converts (the list below,
-plus Constant). `python -m tests.onnx_node_suite [SUBSTRING]` runs the in-scope cases
-directly and prints each failure with its reason and the pass rate; the pytest module
-`test_onnx_node_suite.py` runs the same cases through onnx's BackendTest runner.
+Every node test onnx ships is in scope. `python -m tests.onnx_node_suite [SUBSTRING]` runs
+the cases directly and prints each failure with its reason and the pass rate; the pytest
+module `test_onnx_node_suite.py` runs the same cases the way onnx's own runner compares.
 """
 
 from __future__ import annotations
@@ -18,60 +17,52 @@ import onnx
 from onnx import numpy_helper
 from onnx.backend.test.runner import Runner
 
-ISSUE_OPS = frozenset("""
-Add Sub Mul Div Pow Sqrt Reciprocal Exp Log Neg Abs Floor Ceil Round Sign Erf Tanh Sigmoid
-Relu LeakyRelu Elu Selu PRelu Clip HardSigmoid HardSwish Softplus Gelu Mish Sin Cos Where
-Equal Less LessOrEqual Greater GreaterOrEqual Not And Or Xor Max Min Mean Sum Cast IsNaN IsInf
-MatMul Gemm Conv ConvTranspose BatchNormalization
-MaxPool AveragePool GlobalAveragePool GlobalMaxPool
-Softmax LogSoftmax LayerNormalization InstanceNormalization LRN ReduceMean ReduceSum ReduceMax
-ReduceMin ReduceProd ReduceL2 ReduceSumSquare ArgMax ArgMin CumSum TopK
-Reshape Flatten Transpose Squeeze Unsqueeze Concat Split Slice Gather GatherElements Expand
-Tile Pad Resize DepthToSpace SpaceToDepth Identity Dropout Shape Size ConstantOfShape Range
-OneHot Trilu EyeLike Constant RMSNormalization Swish
-QuantizeLinear DequantizeLinear DynamicQuantizeLinear MatMulInteger ConvInteger QLinearMatMul
-QLinearConv GatherND ScatterND ScatterElements
-""".split())
-
-# Cases in scope that ember does not pass, each with its reason (the README lists them).
-_TRAINING = "training mode (batch statistics, random dropout): ember compiles inference only"
-_E8M0 = ("FLOAT8E8M0 (ONNX type 24) is not an ember dtype: its cast rounds up, which "
-         "ml_dtypes' conversion does not do")
-_NOT_TENSOR = "sequence and optional values are not tensors; ember's IR holds tensors only"
-_FLOAT8 = ("float8/float4 quantization: ember quantizes to and dequantizes from integer types "
-           "only (int2..int16, uint2..uint16, int32)")
-KNOWN_FAILURES: dict[str, str] = {
-    "test_batchnorm_example_training_mode": _TRAINING,
-    "test_batchnorm_epsilon_training_mode": _TRAINING,
-    "test_training_dropout_default": _TRAINING,
-    "test_training_dropout_default_mask": _TRAINING,
-    "test_training_dropout": _TRAINING,
-    "test_training_dropout_mask": _TRAINING,
-    "test_cast_e8m0_FLOAT_to_FLOAT8E8M0": _E8M0,
-    "test_cast_e8m0_FLOAT16_to_FLOAT8E8M0": _E8M0,
-    "test_cast_e8m0_FLOAT8E8M0_to_FLOAT": _E8M0,
-    "test_cast_e8m0_FLOAT8E8M0_to_FLOAT16": _E8M0,
-    "test_identity_sequence": _NOT_TENSOR,
-    "test_identity_opt": _NOT_TENSOR,
-    "test_dequantizelinear_e4m3fn": _FLOAT8,
-    "test_dequantizelinear_e4m3fn_float16": _FLOAT8,
-    "test_dequantizelinear_e4m3fn_zero_point": _FLOAT8,
-    "test_dequantizelinear_e5m2": _FLOAT8,
-    "test_dequantizelinear_float4e2m1": _FLOAT8,
-    "test_quantizelinear_e4m3fn": _FLOAT8,
-    "test_quantizelinear_e5m2": _FLOAT8,
-    "test_quantizelinear_float4e2m1": _FLOAT8,
+# Cases ember does not pass, each with its reason (the README's table lists them by op).
+# Every case onnxruntime passes is passed except test_scan_sum and the float16 attention
+# case below; the others onnxruntime fails too.
+_REASONS: dict[str, tuple[str, ...]] = {
+    "training-only: optimizer steps of the ai.onnx.preview.training domain update weights; "
+    "ember compiles inference": (
+        "test_adagrad", "test_adagrad_multiple", "test_adam", "test_adam_multiple",
+        "test_momentum", "test_nesterov_momentum", "test_momentum_multiple"),
+    "training-only: random dropout; ember compiles deterministic inference": (
+        "test_training_dropout_default", "test_training_dropout_default_mask",
+        "test_training_dropout", "test_training_dropout_mask"),
+    "random sampling (Bernoulli, RandomUniformLike): the expected values come from one "
+    "generator's stream; ember compiles deterministic inference": (
+        "test_bernoulli", "test_bernoulli_expanded", "test_bernoulli_double",
+        "test_bernoulli_double_expanded", "test_bernoulli_seed", "test_bernoulli_seed_expanded"),
+    "FLOAT8E8M0 (ONNX type 24) is not an ember dtype: its cast rounds up, which ml_dtypes' "
+    "conversion does not do": (
+        "test_cast_e8m0_FLOAT_to_FLOAT8E8M0", "test_cast_e8m0_FLOAT16_to_FLOAT8E8M0",
+        "test_cast_e8m0_FLOAT8E8M0_to_FLOAT", "test_cast_e8m0_FLOAT8E8M0_to_FLOAT16"),
+    "float8/float4 quantization: ember quantizes to and dequantizes from integer types only "
+    "(int2..int16, uint2..uint16, int32)": (
+        "test_dequantizelinear_e4m3fn", "test_dequantizelinear_e4m3fn_float16",
+        "test_dequantizelinear_e4m3fn_zero_point", "test_dequantizelinear_e5m2",
+        "test_dequantizelinear_float4e2m1", "test_quantizelinear_e4m3fn",
+        "test_quantizelinear_e5m2", "test_quantizelinear_float4e2m1"),
+    "ImageDecoder decodes JPEG/PNG/... bytes: an image codec, not a tensor computation; decode "
+    "before calling ember": tuple(
+        f"test_image_decoder_decode_{kind}" for kind in (
+            "jpeg_rgb", "jpeg_grayscale", "jpeg_bgr", "jpeg2k_rgb", "bmp_rgb", "png_rgb",
+            "tiff_rgb", "webp_rgb", "pnm_rgb")),
+    "ai.onnx.preview.FlexAttention (a preview-domain op with score/prob subgraphs) is not "
+    "converted": tuple(
+        f"test_flexattention{suffix}" for suffix in (
+            "", "_scaled", "_gqa", "_diff_head_sizes", "_score_mod", "_prob_mod", "_fp16",
+            "_double", "_causal_mask", "_soft_cap", "_relative_positional")),
+    "onnx's runner cannot compare 0-d arrays inside a sequence (it calls len() on them); "
+    "ember's values match item by item": ("test_loop16_seq_none",),
+    "opset-8 Scan with its batch axis: models below opset 13 go through onnx's version "
+    "converter, which rewrites this Scan without the batch axis the test data has": (
+        "test_scan_sum",),
+    "float16 Softmax is computed in float32 and rounded once; the expected values round each "
+    "step in float16, one half-precision step away at 0.5 (relative 1.2e-3 against rtol "
+    "1e-3)": ("test_attention_4d_causal_fp16_expanded",),
 }
-
-
-def _graph_ops(graph) -> set[str]:
-    ops = set()
-    for node in graph.node:
-        ops.add(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}")
-        for attr in node.attribute:
-            if attr.g is not None and attr.g.node:
-                ops |= _graph_ops(attr.g)
-    return ops
+KNOWN_FAILURES: dict[str, str] = {
+    name: reason for reason, names in _REASONS.items() for name in names}
 
 
 @functools.lru_cache(maxsize=1)
@@ -83,7 +74,7 @@ def in_scope_cases() -> tuple:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cases = load_model_tests(kind="node")
-    return tuple(c for c in cases if c.model is not None and _graph_ops(c.model.graph) <= ISSUE_OPS)
+    return tuple(c for c in cases if c.model is not None)
 
 
 def run_case(case) -> None:
@@ -99,7 +90,19 @@ def run_case(case) -> None:
 
 
 def _as_array(value):
-    return numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+    """A case's value as onnx's runner hands it over: an array, a list for a sequence (its
+    items kept apart, ragged ones too), None for an empty optional."""
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
+    if isinstance(value, onnx.SequenceProto):
+        return numpy_helper.to_list(value)
+    if isinstance(value, onnx.OptionalProto):
+        return numpy_helper.to_optional(value)
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return [_as_array(item) for item in value]
+    return np.asarray(value)
 
 
 def main(argv: list[str]) -> int:
@@ -118,7 +121,7 @@ def main(argv: list[str]) -> int:
     for name, message in failed:
         print(f"FAIL {name}: {message}")
     passed = len(cases) - len(failed)
-    print(f"{passed}/{len(cases)} in-scope node tests pass "
+    print(f"{passed}/{len(cases)} node tests pass "
           f"({100.0 * passed / max(len(cases), 1):.1f}%) in {time.perf_counter() - start:.0f}s")
     return 0
 

@@ -83,7 +83,10 @@ def normalize_attr(kind: AttrKind, value: Any) -> Any:
 
 def _hashable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
-        digest = hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest()
+        # an object array's bytes are pointers: hash what they point to (strings)
+        data = (repr(value.tolist()).encode() if value.dtype.hasobject
+                else np.ascontiguousarray(value).tobytes())
+        digest = hashlib.sha1(data).hexdigest()
         return ("ndarray", str(value.dtype), value.shape, digest)
     return value
 

@@ -102,6 +102,13 @@ class DType(enum.Enum):
         return not self.value.is_float and self not in (DType.BOOL, DType.STRING)
 
     @property
+    def host_only(self) -> bool:
+        """Values that must stay in host memory: a string tensor is an array of Python
+        object pointers, whose bytes copied to a device and back would be references no
+        object holds (a crash at the next garbage collection)."""
+        return self.np_dtype.hasobject
+
+    @property
     def itemsize(self) -> int:
         """Bytes per element in memory (packed 4-bit types still take a byte in numpy)."""
         return self.np_dtype.itemsize

@@ -388,9 +388,12 @@ class OpenCLExecutor:
         self.buffers: dict[int, object] = {
             slot.index: self._arenas[self.memory.buffer_of[slot.index]] for slot in plan.slots
         }
+        # strings: only host steps read and write them, and they never pass a device buffer
+        self._host_only = frozenset(s.index for s in plan.slots if s.type.dtype.host_only)
+        self._host_values: dict[int, np.ndarray] = {}
         for index, array in plan.constants.items():
             buffer = self.memory.buffer_of[index]
-            if buffer in reused:
+            if buffer in reused and index not in self._host_only:
                 continue
             self._write(index, array)
             if shared_constants is not None and self.memory.kinds[buffer] == CONSTANT:
@@ -417,7 +420,9 @@ class OpenCLExecutor:
     def _write(self, slot: int, array: np.ndarray) -> None:
         t = self.plan.slots[slot].type
         array = np.ascontiguousarray(array, dtype=t.dtype.np_dtype)
-        if array.nbytes:
+        if slot in self._host_only:
+            self._host_values[slot] = array
+        elif array.nbytes:
             self._cl.enqueue_copy(self.device.queue, self.buffers[slot], array, is_blocking=False)
 
     # -- running --------------------------------------------------------------------------
@@ -430,7 +435,9 @@ class OpenCLExecutor:
         # one wait at the end replaces a round trip per transfer.
         for name, slot in self.plan.inputs.items():
             array = np.ascontiguousarray(inputs[name], dtype=self.plan.slots[slot].type.dtype.np_dtype)
-            if array.nbytes:
+            if slot in self._host_only:
+                self._host_values[slot] = array
+            elif array.nbytes:
                 cl.enqueue_copy(queue, self.buffers[slot], array, is_blocking=False)
         timings: list[tuple[str, str, float]] = []
         for step, launches in self._steps:
@@ -463,6 +470,8 @@ class OpenCLExecutor:
         return results
 
     def _read_from(self, queue, slot: int, wait: bool = True) -> np.ndarray:
+        if slot in self._host_only:
+            return self._host_values[slot]
         t = self.plan.slots[slot].type
         out = np.empty(t.shape, dtype=t.dtype.np_dtype)
         if out.nbytes:
@@ -480,5 +489,7 @@ class OpenCLExecutor:
             array = np.ascontiguousarray(np.asarray(result).astype(t.dtype.np_dtype, copy=False))
             if array.shape != t.shape:
                 array = array.reshape(t.shape)
-            if array.nbytes:
+            if slot in self._host_only:
+                self._host_values[slot] = array
+            elif array.nbytes:
                 self._cl.enqueue_copy(queue, self.buffers[slot], array, is_blocking=True)

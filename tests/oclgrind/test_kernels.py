@@ -85,6 +85,13 @@ CASES = [
                                         f32(37, 3), f32(38, 3, low=0.5)]),
     Case("Attention", lambda: [f32(39, 2, 13, 16), f32(40, 2, 19, 16), f32(41, 2, 19, 24),
                                f32(42, 1, 13, 19)], {"scale": 0.25}, FAMILY_NAMES),
+    # ONNX Attention's form: K/V heads shared by 2 query heads, softcap, a row with no key
+    Case("Attention", lambda: [f32(121, 2, 2, 3, 8), f32(122, 2, 1, 7, 8), f32(123, 2, 1, 7, 6),
+                               np.concatenate([np.full((1, 7), -np.inf, np.float32),
+                                               f32(124, 2, 7)])],
+         {"scale": 0.3, "softcap": 2.0, "zero_masked_rows": 1}, name="onnx"),
+    Case("RotaryEmbedding", lambda: [f32(125, 2, 3, 5, 10), f32(126, 1, 5, 4), f32(127, 1, 5, 4)],
+         {"interleaved": 1, "rotary_dim": 8, "seq_axis": 2}),
     # row kernels
     Case("Softmax", lambda: [f32(43, 3, 37)], {"axis": -1}, FAMILY_NAMES),
     Case("LogSoftmax", lambda: [f32(44, 5, 3, 7)], {"axis": 1}, FAMILY_NAMES),
@@ -152,6 +159,15 @@ CASES = [
                                     array_for(97, (37,), U8)]),
     Case("DequantizeLinear", lambda: [array_for(98, (3, 37), I8), f32(99, 37, low=0.1),
                                       array_for(100, (), I8)]),
+    # more modes and paddings in tests/oclgrind/test_vision_kernels.py
+    Case("GridSample", lambda: [f32(101, 2, 3, 5, 7), f32(102, 2, 4, 6, 2, low=-1.3, high=1.3)],
+         {"mode": "linear", "padding_mode": "zeros"}),
+    # every cell, direction and phase in tests/oclgrind/test_recurrent.py
+    Case("LSTMRecurrence", lambda: [f32(103, 3, 2, 8 * 5, low=-1, high=1),
+                                    f32(104, 2, 20, 5, low=-0.5, high=0.5),
+                                    np.array([3, 1], np.int32), f32(109, 2, 2, 5),
+                                    f32(110, 2, 2, 5), f32(111, 2, 15)],
+         {"direction": "bidirectional"}),
 ]
 
 PARAMS = [pytest.param(case, family, id=f"{case.op}{'-' + case.name if case.name else ''}-{family}")

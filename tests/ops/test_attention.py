@@ -63,7 +63,8 @@ def attention_tolerance(arrays: list[np.ndarray], attrs: dict) -> tuple[float, f
         finite = np.abs(arrays[3][np.isfinite(arrays[3])].astype(np.float64))
         m_max = float(finite.max()) if finite.size else 0.0
     v_max = float(np.abs(v.astype(np.float64)).max()) if v.size else 0.0
-    e = (g.d + 2) * u * (s_max + m_max)
+    # A softcap c maps scores 1-Lipschitz (c * tanh(s / c)); tanh adds a few ulps of c.
+    e = (g.d + 2) * u * (s_max + m_max) + 4 * u * attrs.get("softcap", 0.0)
     return rtol, atol + 2.0 * v_max * (2.0 * e + (g.sk + 8) * u)
 
 
@@ -102,6 +103,10 @@ def attention_case(draw, dtypes=(DType.FLOAT32, DType.FLOAT32, DType.FLOAT16)):
     out_perm = tuple(draw(st.permutations(range(len(batch) + 2))))
     if out_perm != tuple(range(len(out_perm))):
         attrs["out_perm"] = out_perm
+    if draw(st.booleans()):
+        attrs["softcap"] = draw(st.sampled_from((0.5, 3.0, 50.0)))
+    if draw(st.booleans()):
+        attrs["zero_masked_rows"] = 1
     return arrays, attrs
 
 
@@ -187,6 +192,31 @@ def test_attention_special_rows_match_the_unfused_graph(opencl_target):
         assert_close(fused[0], unfused, f"fused vs unfused on {target}",
                      attention_tolerance([q, k, v, mask], attrs))
     np.testing.assert_array_equal(fused[0][1], v[0])
+
+
+def test_attention_masked_rows_give_zeros_when_asked(opencl_target):
+    """zero_masked_rows (ONNX Attention's rule): a row with every key masked gives zeros;
+    a NaN or +inf score still gives NaN, and the other rows are unchanged."""
+    q, k, v = _qkv((5, 4), (6, 4), (6, 3))
+    mask = array_for(7, (5, 6), DType.FLOAT32)
+    mask[0, :] = -np.inf
+    mask[1, 2] = np.inf
+    q[2, 0] = np.nan
+    attrs = {"scale": 0.5, "zero_masked_rows": 1, "softcap": 2.0}
+    for target in (opencl_target, "cpu"):
+        out, _ = run_op("Attention", [q, k, v, mask], attrs, target=target)
+        assert np.array_equal(out[0][0], np.zeros(3, np.float32)), target
+        assert np.isnan(out[0][[1, 2]]).all() and not np.isnan(out[0][[0, 3, 4]]).any()
+    _check([q, k, v, mask], attrs, opencl_target)
+
+
+def test_attention_softcap_bounds_the_scores():
+    q, k, v = _qkv((3, 4), (5, 4), (5, 2))
+    attrs = OPS["Attention"].make_attrs({"scale": 1.0, "softcap": 0.01})
+    (out,) = OPS["Attention"].evaluate([q * 1e3, k, v], attrs)
+    # every score within +-0.01: the weights are all but uniform
+    np.testing.assert_allclose(out, np.broadcast_to(v.mean(axis=0), out.shape), rtol=0,
+                               atol=0.05 * float(np.abs(v).max()))
 
 
 def test_attention_large_scores_stay_finite(opencl_target):

@@ -353,10 +353,24 @@ def test_matmul_and_batchnorm_converters_match_onnxruntime(any_target):
     _check_against_ort(_model(node, inputs, 4, opset=15), inputs, any_target, 1)
 
 
-def test_batchnorm_training_mode_is_refused_by_name():
-    inputs = {"X": np.zeros((2, 3, 4), np.float32)}
-    inits = {n: np.ones(3, np.float32) for n in ("s", "b", "m", "v")}
-    node = helper.make_node("BatchNormalization", ["X", "s", "b", "m", "v"], ["Y"],
-                            name="bn_train", training_mode=1)
-    with pytest.raises(UnsupportedOpError, match="bn_train.*training_mode"):
-        ember.compile(_model(node, inputs, 3, inits, opset=15), target="cpu")
+@pytest.mark.parametrize("x_shape", [(2, 3, 4), (1, 3, 5, 2), (5, 3)])
+def test_batchnorm_training_mode_matches_onnxruntime(x_shape, any_target):
+    """training_mode=1 normalizes by the batch's statistics and moves the running ones."""
+    ort = pytest.importorskip("onnxruntime")
+    c = x_shape[1]
+    inputs = {"X": array_for(48, x_shape, DType.FLOAT32)}
+    inits = {"s": array_for(49, (c,), DType.FLOAT32), "b": array_for(50, (c,), DType.FLOAT32),
+             "m": array_for(51, (c,), DType.FLOAT32),
+             "v": array_for(52, (c,), DType.FLOAT32, low=0.5, high=2.0)}
+    node = helper.make_node("BatchNormalization", ["X", "s", "b", "m", "v"],
+                            ["Y", "rm", "rv"], training_mode=1, momentum=0.7, epsilon=1e-3)
+    model = _model(node, inputs, len(x_shape), inits, opset=15)
+    model.graph.output.extend([helper.make_tensor_value_info(n, TensorProto.FLOAT, [c])
+                               for n in ("rm", "rv")])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    expected = session.run(None, inputs)
+    actual = ember.compile(model, target=any_target, strict=any_target != "cpu")(**inputs)
+    n_terms = math.prod(x_shape) // c
+    for name, want in zip(("Y", "rm", "rv"), expected):
+        # a mean and a variance over n_terms values, |values| <= 4: the float32 sum bound
+        assert_close(actual[name], want, name, (1e-5, 1e-5 + 4 * n_terms * 2.0**-24 * 16))

@@ -39,7 +39,8 @@ from tests.strategies import array_for, shapes
 pytestmark = pytest.mark.opencl
 
 U32 = 2.0**-24  # unit roundoff of the float accumulators
-SUM_LIKE = {"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2"}
+SUM_LIKE = {"ReduceSum", "ReduceMean", "ReduceSumSquare", "ReduceL2", "ReduceL1",
+            "ReduceLogSum"}
 
 
 def _reference(op: str, arrays, attrs) -> tuple[np.ndarray, ...]:
@@ -60,6 +61,10 @@ def sum_bound(op: str, x: np.ndarray, axes: tuple[int, ...], out_shape) -> np.nd
         s = np.sum(terms, axis=axes).reshape(out_shape)
         with np.errstate(divide="ignore", invalid="ignore"):
             bound = np.minimum(np.sqrt(bound), bound / (2 * np.sqrt(s)))
+    if op == "ReduceLogSum":  # |log(s + d) - log(s)| <= d / s to first order (s > 0 here)
+        s = np.sum(terms, axis=axes).reshape(out_shape)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            bound = bound / s
     return np.nan_to_num(bound)
 
 
@@ -119,12 +124,16 @@ def reduce_case(draw, op: str):
         dtypes.append(DType.BOOL)
     if kind.post == "sqrt":
         dtypes.remove(DType.INT64)  # int64 L2 runs on the host (see codegen/reduce.py)
+    if kind.post == "log":  # integer LogSum runs on the host (see codegen/reduce.py)
+        dtypes = [d for d in dtypes if d.is_float]
     dtype = draw(st.sampled_from(dtypes))
     seed = draw(st.integers(0, 2**32 - 1))
     special = kind.combine in ("max", "min") and dtype.is_float and draw(st.booleans())
     if kind.combine == "prod" and dtype.is_float:
         x = array_for(seed, shape, dtype, low=0.5, high=2.0)
         x = np.where(array_for(seed + 1, shape, DType.BOOL), -x, x).astype(dtype.np_dtype)
+    elif kind.post == "log":  # positive terms: the log of a sum that cannot cancel to 0
+        x = array_for(seed, shape, dtype, low=0.0, high=4.0)
     else:
         x = array_for(seed, shape, dtype, special=special)
     exact = False

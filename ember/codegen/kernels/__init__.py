@@ -12,7 +12,7 @@ Where the kernel of an op is (module -> ops; its template in codegen/templates/)
                                                                   onehot / trilu
     resize          Resize                                        resize.cl.j2
     reduce          Reduce*                                       reduce.cl.j2
-    axis_ops        ArgMax, ArgMin, CumSum                        argreduce / cumsum
+    axis_ops        ArgMax, ArgMin, CumSum, CumProd               argreduce / cumsum
     topk            TopK                                          topk.cl.j2
     matmul          MatMul; the GPU tiled GEMM, tunable kind "gemm"     tiled_gemm / matmul
     gemm_cpu        the CPU register-tiled GEMM (MatMul, Conv), kind "gemm_cpu"  gemm_cpu.cl.j2
@@ -23,15 +23,19 @@ Where the kernel of an op is (module -> ops; its template in codegen/templates/)
     linalg          BatchNormalization                            batchnorm.cl.j2
     rows            RowParams, kind "rows" (work-items per row of softmax and the norms)
     norm            Softmax, LogSoftmax, LayerNormalization, InstanceNormalization,
-                    RMSNormalization, LRN                         softmax / norm / lrn
+                    GroupNormalization, RMSNormalization, LRN   softmax / norm / lrn
     pool            MaxPool, AveragePool, GlobalMaxPool, GlobalAveragePool  pool / global_pool
     attention       Attention (fused), kind "attention"           attention.cl.j2
+    rotary          RotaryEmbedding                               rotary.cl.j2
     igemm_cpu       the CPU integer GEMM (pairs of int16), kind "igemm_cpu"  igemm_cpu.cl.j2
     igemm           MatMulInteger, ConvInteger (strategy choice; GPU: the tiled GEMM)
     qgemv_cpu       BlockQuantMatMul's row loop (4/8-bit weights in blocks), kinds "qgemv"
                     and "qgemm"                                   qgemv_cpu.cl.j2
     qgemm_cpu       BlockQuantMatMul (its builder; prefill on CPUs: a GEMM dequantizing
                     its B panels in private memory), kind "qgemm_cpu"  qgemm_cpu.cl.j2
+    recurrent       LSTMRecurrence, GRURecurrence, RNNRecurrence (one launch over the
+                    steps, a work-group per direction)               recurrent.cl.j2
+    vision          GridSample (GroupNormalization is norm's)      grid_sample.cl.j2
 """
 
 from ember.codegen.kernels import (  # noqa: F401  (registration happens on import)
@@ -55,8 +59,11 @@ from ember.codegen.kernels import (  # noqa: F401  (registration happens on impo
     norm,
     pool,
     attention,
+    rotary,
     igemm_cpu,
     igemm,
     qgemv_cpu,
     qgemm_cpu,
+    recurrent,
+    vision,
 )

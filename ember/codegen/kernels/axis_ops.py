@@ -1,4 +1,4 @@
-"""ArgMax/ArgMin (`argreduce.cl.j2`) and CumSum (`cumsum.cl.j2`): one work-item walks one
+"""ArgMax/ArgMin (`argreduce.cl.j2`) and CumSum/CumProd (`cumsum.cl.j2`): one work-item walks one
 line along an axis. A tensor seen along one axis is (OUTER, N, INNER); `line_layout` gives
 those three numbers, and the templates index `base + i * INNER`."""
 
@@ -58,7 +58,7 @@ def build_argreduce(spec: NodeSpec, target: Target) -> Lowered | None:
     return Lowered((Launch(kernel, (lines,), None, ((IN, 0), (OUT, 0))),))
 
 
-@kernel_builder("CumSum")
+@kernel_builder("CumSum", "CumProd")
 def build_cumsum(spec: NodeSpec, target: Target) -> Lowered | None:
     x = spec.inputs[0]
     if x.size == 0:
@@ -66,7 +66,8 @@ def build_cumsum(spec: NodeSpec, target: Target) -> Lowered | None:
     axis = normalize_axis(spec.attrs["axis"], x.rank)
     outer, n, inner = line_layout(x.shape, axis)
     exclusive, reverse = bool(spec.attrs["exclusive"]), bool(spec.attrs["reverse"])
-    acc = accumulator_type(x.dtype, "sum")
+    combine = OPS[spec.op].extra["combine"]
+    acc = accumulator_type(x.dtype, combine)
     lines = outer * inner
     # Lines side by side in one floatN when they are neighbours in memory (a CPU's SIMD;
     # 256-bit vectors: wider ones change the call ABI of PoCL's builtins without AVX-512).
@@ -83,9 +84,11 @@ def build_cumsum(spec: NodeSpec, target: Target) -> Lowered | None:
         acc_t = acc
         load = f"({acc}){load_expr(x.dtype, 'in', 'off')}"
         store = store_stmt(x.dtype, "out", "off", f"({compute_type(x.dtype)})acc")
-    name = kernel_name("cumsum", x.dtype.name, outer, n, inner, exclusive, reverse, vec)
+    name = kernel_name("cumsum", spec.op, x.dtype.name, outer, n, inner, exclusive, reverse,
+                       vec)
     source = render(
-        "cumsum.cl.j2", name=name, label=f"CumSum {x.dtype} over {n}", exclusive=exclusive,
+        "cumsum.cl.j2", name=name, label=f"{spec.op} {x.dtype} over {n}", exclusive=exclusive,
+        combine="*" if combine == "prod" else "+", identity=1 if combine == "prod" else 0,
         reverse=reverse, outer=outer, n=n, inner=inner, lines=lines, vec=vec,
         idx=index_type(x.size), in_ptr=x.dtype.cl_name, out_ptr=x.dtype.cl_name, acc=acc_t,
         load=load, store=store,

@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from ember.codegen.csrc import c_literal, compute_type
+from ember.codegen.kernels.bit_expressions import (
+    bitcast_expr, bitshift_expr, bitwise_expr, bitwise_not_expr, mod_expr,
+)
 from ember.ir import Attrs, DType
 from ember.ir.ops.fused import ExprNode
 
@@ -132,6 +135,12 @@ def _isinf(a, attrs, dt, out):
     return "(uchar)0"
 
 
+def _shrink(a, attrs, dt, out):
+    x, lit = a[0], (lambda v: c_literal(v, out))
+    return (f"({x} < -{lit(attrs['lambd'])} ? {x} + {lit(attrs['bias'])} : ({x} > "
+            f"{lit(attrs['lambd'])} ? {x} - {lit(attrs['bias'])} : ({compute_type(out)})0))")
+
+
 # -- quantization ------------------------------------------------------------------------------
 # Saturation bounds of the integer types QuantizeLinear writes.
 _QUANT_RANGES = {DType.INT8: (-128, 127), DType.UINT8: (0, 255), DType.INT16: (-32768, 32767),
@@ -192,6 +201,26 @@ C_EXPRESSIONS: dict[str, ExprFn] = {
     "HardSwish": _float_fn("({x} * ({x} / ({T})6 + ({T})0.5 < ({T})0 ? ({T})0 : ({x} / ({T})6 "
                            "+ ({T})0.5 > ({T})1 ? ({T})1 : {x} / ({T})6 + ({T})0.5)))"),
     "Swish": _with_alpha("({x} / (({T})1 + {exp}(-({alpha} * {x}))))", "alpha"),
+    "Mod": mod_expr,
+    "Acos": _float_fn("acos({x})"),
+    "Asin": _float_fn("asin({x})"),
+    "Atan": _float_fn("atan({x})"),
+    "Acosh": _float_fn("acosh({x})"),
+    "Asinh": _float_fn("asinh({x})"),
+    "Atanh": _float_fn("atanh({x})"),
+    "Tan": _float_fn("tan({x})"),
+    "Cosh": _float_fn("cosh({x})"),
+    "Sinh": _float_fn("sinh({x})"),
+    "Softsign": _float_fn("({x} / (({T})1 + fabs({x})))"),
+    "Celu": _with_alpha("({x} > 0 ? {x} : {alpha} * expm1({x} / {alpha}))", "alpha"),
+    "ThresholdedRelu": _with_alpha("({x} > {alpha} ? {x} : ({T})0)", "alpha"),
+    "Shrink": _shrink,
+    "BitShift": bitshift_expr,
+    "BitwiseAnd": bitwise_expr("&"),
+    "BitwiseOr": bitwise_expr("|"),
+    "BitwiseXor": bitwise_expr("^"),
+    "BitwiseNot": bitwise_not_expr,
+    "BitCast": bitcast_expr,
     "Equal": _compare("=="),
     "Less": _compare("<"),
     "LessOrEqual": _compare("<="),
@@ -302,6 +331,18 @@ VECTOR_EXPRESSIONS: dict[str, VectorFn] = {
     "Sin": _vec_fn("sin"),
     "Cos": _vec_fn("cos"),
     "Erf": _vec_fn("ember_erf"),
+    "Acos": _vec_fn("acos"),
+    "Asin": _vec_fn("asin"),
+    "Atan": _vec_fn("atan"),
+    "Acosh": _vec_fn("acosh"),
+    "Asinh": _vec_fn("asinh"),
+    "Atanh": _vec_fn("atanh"),
+    "Tan": _vec_fn("tan"),
+    "Cosh": _vec_fn("cosh"),
+    "Sinh": _vec_fn("sinh"),
+    "Softsign": lambda a, at, vt: f"({a[0]} / (1.0f + {_vec_abs(a, at, vt)}))",
+    "ThresholdedRelu": lambda a, at, vt: (f"({a[0]} > {_v(at['alpha'])} ? {a[0]} : "
+                                          f"({vt})0.0f)"),
     "Tanh": _vec_fn("ember_tanh"),
     "Sigmoid": lambda a, at, vt: f"(1.0f / (1.0f + {_helper('exp', vt)}(-{a[0]})))",
     "Swish": lambda a, at, vt: (f"({a[0]} / (1.0f + {_helper('exp', vt)}"
@@ -392,4 +433,8 @@ def expression_supported(node: ExprNode, arg_dtypes: Sequence[DType]) -> bool:
         return False
     if node.op == "Pow" and not arg_dtypes[1].is_float and not arg_dtypes[1].is_integer:
         return False
+    if node.op == "Shrink" and not node.dtype.is_float:
+        return False  # float thresholds on integers: the reference's float arithmetic
+    if node.op == "BitCast" and DType.FLOAT16 in (node.dtype, arg_dtypes[0]):
+        return False  # half is computed in float: its bits are not at hand
     return node.op != "QuantizeLinear" or node.dtype in _QUANT_RANGES

@@ -1,5 +1,7 @@
 """Row kernels for Softmax / LogSoftmax (`softmax.cl.j2`), LayerNormalization,
-RMSNormalization and InstanceNormalization (`norm.cl.j2`), and the LRN kernel (`lrn.cl.j2`).
+RMSNormalization, InstanceNormalization and GroupNormalization (`norm.cl.j2`; a group's row
+is its channels' planes, scale and bias indexed by the channel), and the LRN kernel
+(`lrn.cl.j2`).
 
 The row view comes from the IR (`softmax_rows`, `layer_norm_rows`), LOCAL from
 `row_params_for` (tuned, else `choose_row_params`). Sums accumulate in float (double for float64 tensors or a float64
@@ -21,6 +23,7 @@ from ember.codegen.kernels.rows import RowParams, accumulator, loader, row_lower
 from ember.codegen.params import Lookup
 from ember.ir import DType
 from ember.ir.ops.nn import layer_norm_rows, lrn_window, softmax_rows
+from ember.ir.ops.vision import group_norm_rows
 
 __all__ = ["build_softmax", "build_norm", "build_lrn", "affine_offset"]
 
@@ -87,7 +90,8 @@ def affine_offset(var: str, shape: tuple[int, ...], row_shape: tuple[int, ...],
     return lines
 
 
-@kernel_builder("LayerNormalization", "InstanceNormalization", "RMSNormalization")
+@kernel_builder("LayerNormalization", "InstanceNormalization", "RMSNormalization",
+                "GroupNormalization")
 def build_norm(spec: NodeSpec, target: Target,
                params: RowParams | None = None) -> Lowered | None:
     x = spec.inputs[0]
@@ -99,6 +103,9 @@ def build_norm(spec: NodeSpec, target: Target,
         stats = bool(spec.attrs.get("stats", 0))
         stash = spec.attrs["stash_type"]
         row_shape = x.shape[axis:]
+    elif spec.op == "GroupNormalization":
+        rows, n = group_norm_rows(x.shape, spec.attrs["num_groups"])
+        stats, stash, row_shape = False, spec.attrs["stash_type"], ()
     else:
         rows, n = x.shape[0] * x.shape[1], math.prod(x.shape[2:])
         stats, stash, row_shape = False, DType.FLOAT32, ()
@@ -120,6 +127,11 @@ def build_norm(spec: NodeSpec, target: Target,
         offsets += affine_offset("soff", spec.inputs[1].shape, row_shape, idx)
         if has_bias:
             offsets += affine_offset("boff", spec.inputs[2].shape, row_shape, idx)
+    elif spec.op == "GroupNormalization":  # the channel of element j of the group's row
+        groups = spec.attrs["num_groups"]
+        plane = max(math.prod(x.shape[2:]), 1)
+        offsets += [f"const {idx} soff = (row % {groups}) * {x.shape[1] // groups} + j / {plane};",
+                    f"const {idx} boff = soff;"]
     name = kernel_name("norm", spec, params)
     source = render(
         "norm.cl.j2",
@@ -139,7 +151,7 @@ def build_norm(spec: NodeSpec, target: Target,
         bias=has_bias,
         stats=stats,
         stat_ptr=stash.cl_name,
-        per_channel=not layer,
+        per_channel=spec.op == "InstanceNormalization",
         channels=x.shape[1] if not layer else 1,
         affine_offsets=offsets,
         load_x=loader(x.dtype, "x"),

@@ -1,5 +1,6 @@
 """Reduce* kernels: one template (`reduce.cl.j2`) for sum, prod, max and min, with the square
-pre-map (ReduceSumSquare, ReduceL2) and the mean / sqrt post-maps (ReduceMean, ReduceL2).
+and abs pre-maps (ReduceSumSquare, ReduceL2, ReduceL1) and the mean / sqrt / log post-maps
+(ReduceMean, ReduceL2, ReduceLogSum).
 
 The host simplifies the axes first (size-1 axes dropped, neighbouring axes of one kind
 merged), so every axes set becomes "kept dims x reduced dims" with input strides, and one
@@ -17,7 +18,7 @@ kernel shape serves any subset of axes. Work split, per `ReduceParams`:
   parallel into a scratch buffer, and a second, tiny launch combines the pieces. This is
   what keeps a full reduction (one output) from running on a single core / compute unit.
 
-ArgMax/ArgMin and CumSum (`axis_ops.py`) and TopK (`topk.py`) register from here too.
+ArgMax/ArgMin and CumSum/CumProd (`axis_ops.py`) and TopK (`topk.py`) register from here too.
 """
 
 from __future__ import annotations
@@ -220,6 +221,8 @@ def _post_expr(kind: ReduceKind, dtype: DType, acc: str, count: int, name: str
         if dtype.is_signed:
             return f"({ctype})((long)({ctype})(a) / {count}L)", ""
         return f"({ctype})((ulong)(a) / {count}UL)", ""
+    if kind.post == "log":
+        return "log(a)", ""
     if kind.post == "sqrt":
         if dtype.is_float:
             return "sqrt(a)", ""
@@ -242,6 +245,25 @@ def _vcombine_expr(combine: str) -> str:
         return "(a) + (b)" if combine == "sum" else "(a) * (b)"
     cmp = ">" if combine == "max" else "<"
     return f"select((a), (b), ((b) {cmp} (a)) | ((b) != (b)))"  # b != b: b is NaN
+
+
+def _pre_expr(kind: ReduceKind, dtype: DType) -> str:
+    """PRE(x) on the loaded (float, or unsigned accumulator) value; an integer abs happens
+    in the load, before the signed value becomes its unsigned accumulator."""
+    if kind.pre == "square":
+        return "(x) * (x)"
+    if kind.pre == "abs" and dtype.is_float:
+        return "fabs(x)"
+    return "x"
+
+
+def _load(kind: ReduceKind, dtype: DType, acc: str) -> str:
+    """One element as the accumulator type (abs(char) is its uchar magnitude: numpy's abs
+    wraps the type's minimum to itself, the same bits)."""
+    value = load_expr(dtype, "in", "off")
+    if kind.pre == "abs" and dtype.is_signed and not dtype.is_float:
+        value = f"abs({value})"
+    return f"({acc}){value}"
 
 
 def _vload(dtype: DType, vec: int, offset: str) -> str:
@@ -289,8 +311,7 @@ def render_reduce(op: str, dtype: DType, layout: ReduceLayout, params: ReducePar
         count=layout.count, group=params.group, split=split, vec=vec,
         vec_axis=params.vec_axis, units=units, in_ptr=dtype.cl_name,
         out_ptr=acc if split > 1 else dtype.cl_name,
-        load=f"({acc}){load_expr(dtype, 'in', 'off')}", vload=_vload(dtype, vec, vload_at),
-        pre="(x) * (x)" if kind.pre == "square" else "x",
+        load=_load(kind, dtype, acc), vload=_vload(dtype, vec, vload_at), pre=_pre_expr(kind, dtype),
         post="a" if split > 1 else post, helper="" if split > 1 else helper, store=store,
         tree_steps=_tree_steps(params.group),
         idx=index_type(units * params.group * vec, math.prod((layout.count, layout.outputs))),
@@ -331,6 +352,8 @@ def build_reduce(spec: NodeSpec, target: Target) -> Lowered | None:
         return Lowered(())
     if kind.post == "sqrt" and not x.dtype.is_float and x.dtype.itemsize > 4:
         return None  # the float-seeded integer sqrt is exact only for sums below 2**32
+    if kind.post == "log" and not x.dtype.is_float:
+        return None  # the reference's float log of an integer sum, converted back
     layout = reduce_layout(x.shape, normalize_axes(spec.attrs["axes"], x.rank))
     params = default_params(layout, x.dtype, target)
     if params.violations(layout, x.dtype, target):

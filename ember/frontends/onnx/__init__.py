@@ -13,6 +13,17 @@ import onnx
 from ember.frontends.onnx import elementwise, linalg, movement, nn, reduce  # noqa: F401
 from ember.frontends.onnx import movement_const, movement_resize  # noqa: F401  (register on import)
 from ember.frontends.onnx import quant  # noqa: F401  (quantized ops, com.microsoft ones too)
+from ember.frontends.onnx import legacy, math_extra  # noqa: F401  (register on import)
+from ember.frontends.onnx import attention  # noqa: F401  (Attention and its relatives)
+from ember.frontends.onnx import einsum  # noqa: F401  (Einsum as MatMul / ReduceSum / ...)
+from ember.frontends.onnx import decode_state  # noqa: F401  (TensorScatter, CausalConvWithState)
+from ember.frontends.onnx import control_flow  # noqa: F401  (If, Loop, Scan, sequences)
+from ember.frontends.onnx import dynamic  # noqa: F401  (value-dependent shapes, ReverseSequence)
+from ember.frontends.onnx import loss  # noqa: F401  (losses)
+from ember.frontends.onnx import ml  # noqa: F401  (ai.onnx.ml domain)
+from ember.frontends.onnx import strings  # noqa: F401  (text ops)
+from ember.frontends.onnx import recurrent  # noqa: F401  (LSTM, GRU, RNN)
+from ember.frontends.onnx import vision, signal  # noqa: F401  (vision and signal ops)
 from ember.frontends.onnx.importer import CONVERTERS, import_graph, value_info_type
 from ember.frontends.onnx.loader import load_model, model_opset
 from ember.ir import DType, Graph

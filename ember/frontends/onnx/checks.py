@@ -59,7 +59,7 @@ def check_ops(graph: onnx.GraphProto, opset: int, domains: dict[str, int],
     """One UnsupportedOpError naming every op type that `known` lacks (with a node using it
     and the opset); ops of other domains are known as 'domain.op_type' (see `op_key`)."""
     missing: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
+    for node in _nodes_with_subgraphs(graph):
         key = op_key(node.op_type, node.domain or "")
         if key not in known:
             missing.setdefault(key, []).append(node)
@@ -70,6 +70,18 @@ def check_ops(graph: onnx.GraphProto, opset: int, domains: dict[str, int],
     if len(described) > 1:
         text += "; the model also uses unsupported: " + ", ".join(described[1:])
     raise UnsupportedOpError(text)
+
+
+def _nodes_with_subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of `graph` and of the If/Loop/Scan bodies nested in it."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from _nodes_with_subgraphs(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                for subgraph in attribute.graphs:
+                    yield from _nodes_with_subgraphs(subgraph)
 
 
 def _describe_missing(op: str, nodes: list[onnx.NodeProto], opset: int,
@@ -83,7 +95,7 @@ def _describe_missing(op: str, nodes: list[onnx.NodeProto], opset: int,
     version = domains.get(domain)
     imported = f"opset {version}" if version is not None else "not imported by the model"
     return (f"op {op} of domain {domain!r} (node {name!r}, {imported}{count}; ember converts "
-            f"the default ONNX domain and a few com.microsoft ops)")
+            f"the default ONNX domain and a few ai.onnx.ml and com.microsoft ops)")
 
 
 def check_acyclic(graph: onnx.GraphProto, where: str) -> None:

@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 
 from ember.frontends.onnx.importer import ImportContext, onnx_op
+from ember.errors import ShapeError
 from ember.ir import DType, Value
 from ember.ir.ops.elementwise import ELEMENTWISE_OPS
 
@@ -67,3 +68,22 @@ def _cast_like(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
     to = ctx.type_of(ctx.input(node, 1)).dtype
     saturate = ctx.attr(node, "saturate", 1)
     return [ctx.add("Cast", [ctx.input(node, 0)], {"to": to, "saturate": saturate})]
+
+
+@onnx_op("BitCast")
+def _bitcast(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+    to = DType.from_onnx(ctx.attr(node, "to"))
+    return [ctx.add("BitCast", [ctx.input(node, 0)], {"to": to})]
+
+
+@onnx_op("SwiGLU")
+def _swiglu(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+    """Swish(A, alpha) * B (opset 28): the gated activation of Llama-style MLPs. ONNX
+    forbids broadcasting here, so unequal shapes are refused rather than broadcast."""
+    gate, value = ctx.input(node, 0), ctx.input(node, 1)
+    a_type, b_type = ctx.type_of(gate), ctx.type_of(value)
+    if a_type.shape != b_type.shape or a_type.dtype != b_type.dtype:
+        raise ShapeError(f"{ctx.where}: A {a_type} and B {b_type} must have the same shape "
+                         f"and dtype (SwiGLU does not broadcast)")
+    alpha = float(ctx.attr(node, "alpha", 1.0))
+    return [ctx.add("Mul", [ctx.add("Swish", [gate], {"alpha": alpha}), value])]

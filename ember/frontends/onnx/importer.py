@@ -19,6 +19,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ember.errors import (
+    DataDependentError,
     DTypeError,
     EmberError,
     ModelLoadError,
@@ -29,7 +30,8 @@ from ember.frontends.dims import resolve_shapes
 from ember.frontends.onnx.checks import check_model, default_opset, node_label, op_key
 from ember.ir import OPS, DType, Graph, TensorType, Value
 
-__all__ = ["ImportContext", "onnx_op", "CONVERTERS", "import_graph", "value_info_type"]
+__all__ = ["ImportContext", "onnx_op", "CONVERTERS", "convert_node", "import_graph",
+           "value_info_type"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +167,26 @@ class ImportContext:
             return tuple(folded)
         return outputs
 
+    def add_data_dependent(self, op: str, inputs: Sequence[Value | None],
+                           attrs: Mapping[str, Any] | None = None) -> tuple[Value, ...]:
+        """A node whose output shapes depend on its input values (NonZero, Unique,
+        NonMaxSuppression): folded through its reference when every present input is a
+        constant; otherwise DataDependentError, and the node runs on the host between
+        compiled segments. Absent optional inputs (None) reach the reference as None."""
+        arrays = [None if v is None else self.graph.constant_value(v) for v in inputs]
+        missing = [self.node.input[i] if self.node is not None and i < len(self.node.input)
+                   else str(i) for i, (v, a) in enumerate(zip(inputs, arrays))
+                   if v is not None and a is None]
+        if missing:
+            raise DataDependentError(
+                f"{self.where}: its output shape depends on the values of {missing}",
+                node=self.graph.name if self.node is None else (self.node.name or self.node.output[0]))
+        opdef = OPS[op]
+        results = opdef.evaluate(arrays, opdef.make_attrs(
+            attrs or {}, node=(self.node.name or self.node.output[0]) if self.node else ""))
+        return tuple(self.constant(np.asarray(r), name=f"{self._label(op)}:{port}")
+                     for port, r in enumerate(results))
+
     def constant(self, array: np.ndarray, name: str | None = None) -> Value:
         return self.graph.add_constant(np.asarray(array), name=name or self._label("const"))
 
@@ -178,6 +200,27 @@ class ImportContext:
     def _label(self, op: str) -> str:
         base = (self.node.name or self.node.output[0]) if self.node is not None else op
         return f"{base}/{op}" if self.node is not None and op != self.node.op_type else base
+
+
+def convert_node(ctx: ImportContext, node: onnx.NodeProto) -> None:
+    """Convert one node into `ctx.graph`, binding its outputs in `ctx.values`. Shared by the
+    graph import and the control-flow converters, which convert subgraph nodes the same way."""
+    ctx.node = node
+    converter = CONVERTERS.get(op_key(node.op_type, node.domain))
+    if converter is None:  # a subgraph's op: check_model reads the top-level graph only
+        raise UnsupportedOpError(f"{ctx.where}: ONNX op {op_key(node.op_type, node.domain)} "
+                                 f"is not supported by ember")
+    try:
+        results = converter(ctx, node)
+    except (NonConstantInputError, DataDependentError):
+        raise
+    except EmberError as exc:
+        if ctx.where not in str(exc):
+            raise type(exc)(f"{ctx.where}: {exc}") from exc
+        raise
+    for name, value in zip(node.output, results):
+        if name and value is not None:
+            ctx.values[name] = value
 
 
 def value_info_type(info: onnx.ValueInfoProto) -> tuple[tuple[int | str | None, ...], DType]:
@@ -260,18 +303,7 @@ def import_graph(
         ctx.values[name] = graph.add_input(name, TensorType(shapes[name], dtype))
 
     for node in onnx_graph.node:
-        ctx.node = node
-        try:
-            results = CONVERTERS[op_key(node.op_type, node.domain)](ctx, node)
-        except NonConstantInputError:
-            raise
-        except EmberError as exc:
-            if ctx.where not in str(exc):
-                raise type(exc)(f"{ctx.where}: {exc}") from exc
-            raise
-        for name, value in zip(node.output, results):
-            if name and value is not None:
-                ctx.values[name] = value
+        convert_node(ctx, node)
     ctx.node = None
     outputs = []
     for info in onnx_graph.output:

@@ -3,7 +3,7 @@
 Gemm becomes MatMul (transposes as attributes) plus a Mul by alpha and an Add of beta*C,
 with constant scaling folded into whichever operand is a constant. Conv and ConvTranspose
 get explicit pads: auto_pad and output_shape are resolved here, where shapes are static.
-BatchNormalization is imported for inference only.
+BatchNormalization in training mode is built from reductions (batch statistics).
 """
 
 from __future__ import annotations
@@ -204,17 +204,54 @@ def _conv_transpose(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
 
 
 @onnx_op("BatchNormalization")
-def _batchnorm(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
-    if int(ctx.attr(node, "training_mode", 0)):
-        raise UnsupportedOpError(
-            f"{ctx.where}: training_mode=1 (batch statistics and running-stat updates) is not "
-            f"supported; ember runs BatchNormalization for inference only"
-        )
-    if len([o for o in node.output if o]) > 1:
-        raise UnsupportedOpError(
-            f"{ctx.where}: {len(node.output)} outputs (running mean/var) are training outputs; "
-            f"ember runs BatchNormalization for inference only"
-        )
+def _batchnorm(ctx: ImportContext, node: onnx.NodeProto) -> list[Value | None]:
     inputs = ctx.inputs(node)[:5]
     epsilon = float(ctx.attr(node, "epsilon", 1e-5))
+    if int(ctx.attr(node, "training_mode", 0)):
+        return _batchnorm_training(ctx, node, inputs, epsilon)
+    if len([o for o in node.output if o]) > 1:
+        raise UnsupportedOpError(
+            f"{ctx.where}: {len(node.output)} outputs (running mean/var) come only with "
+            f"training_mode=1"
+        )
     return [ctx.add("BatchNormalization", inputs, {"epsilon": epsilon})]
+
+
+def _batchnorm_training(ctx: ImportContext, node: onnx.NodeProto, inputs: list,
+                        epsilon: float) -> list[Value | None]:
+    """training_mode=1: normalize by the batch's own statistics (mean and biased variance
+    over every axis but the channel), and give the running statistics moved towards them
+    by `momentum`, as ONNX defines. Built from reductions and elementwise ops, so it runs
+    on the device; ember updates nothing in place (the running statistics are outputs)."""
+    x, scale, bias, mean_in, var_in = inputs
+    x_type = ctx.type_of(x)
+    if x_type.rank < 2:
+        raise UnsupportedOpError(f"{ctx.where}: input {x_type.shape} needs a channel axis")
+    axes = tuple(a for a in range(x_type.rank) if a != 1)
+    channels = (x_type.shape[1],) + (1,) * (x_type.rank - 2)
+    momentum = float(ctx.attr(node, "momentum", 0.9))
+    reduce = {"axes": axes, "keepdims": 1}
+    batch_mean = ctx.add("ReduceMean", [x], reduce)
+    centered = ctx.add("Sub", [x, batch_mean])
+    batch_var = ctx.add("ReduceMean", [ctx.add("Mul", [centered, centered])], reduce)
+    dtype = x_type.dtype.np_dtype
+    std = ctx.add("Sqrt", [ctx.add("Add", [batch_var, ctx.constant(np.asarray(epsilon, dtype))])])
+    per_channel = {"shape": channels}
+    y = ctx.add("Add", [
+        ctx.add("Mul", [ctx.add("Div", [centered, std]),
+                        ctx.add("Reshape", [scale], per_channel)]),
+        ctx.add("Reshape", [bias], per_channel)])
+    outputs: list[Value | None] = [y]
+    wanted = [i for i, name in enumerate(node.output) if name and i > 0]
+    if any(i > 2 for i in wanted):
+        raise UnsupportedOpError(f"{ctx.where}: the saved mean/variance outputs of opsets "
+                                 f"before 14 are not produced; only Y and the running ones")
+    for index, (running, batch) in ((1, (mean_in, batch_mean)), (2, (var_in, batch_var))):
+        if index not in wanted:
+            outputs.append(None)
+            continue
+        flat = ctx.add("Reshape", [batch], {"shape": (x_type.shape[1],)})
+        kept = ctx.add("Mul", [running, ctx.constant(np.asarray(momentum, dtype))])
+        moved = ctx.add("Mul", [flat, ctx.constant(np.asarray(1.0 - momentum, dtype))])
+        outputs.append(ctx.add("Add", [kept, moved]))
+    return outputs

@@ -61,7 +61,7 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
     except Exception as exc:  # noqa: BLE001 - e.g. models over 2 GB, external data missing
         log.debug("onnx checker could not run on %s: %s", where, exc)
     opset = model_opset(proto)
-    if opset < MIN_OPSET:
+    if 0 < opset < MIN_OPSET:  # 0: only other domains (ai.onnx.ml), nothing to convert
         try:
             proto = version_converter.convert_version(proto, MIN_OPSET)
         except Exception as exc:  # noqa: BLE001

@@ -1,4 +1,4 @@
-"""Converters of ONNX's reductions, ArgMax/ArgMin, CumSum and TopK.
+"""Converters of ONNX's reductions, ArgMax/ArgMin, CumSum/CumProd and TopK.
 
 Compile-time parameters become attributes: reduce axes come from the `axes` attribute (older
 opsets: before 13 for ReduceSum, before 18 for the others) or from the constant input 1 (newer
@@ -13,7 +13,7 @@ import onnx
 
 from ember.errors import ShapeError
 from ember.frontends.onnx.importer import ImportContext, onnx_op
-from ember.ir import Value
+from ember.ir import DType, Value
 from ember.ir.ops.common import normalize_axes, normalize_axis
 from ember.ir.ops.reduce import REDUCE_KINDS
 
@@ -28,10 +28,8 @@ def _scalar_int(ctx: ImportContext, array: np.ndarray, what: str) -> int:
     return int(flat[0])
 
 
-@onnx_op(*REDUCE_KINDS)
-def _reduce(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
-    x = ctx.input(node, 0)
-    rank = ctx.type_of(x).rank
+def _reduce_axes(ctx: ImportContext, node: onnx.NodeProto, rank: int) -> tuple[int, ...]:
+    """The sorted, normalized axes a Reduce* node names (all of them when none are given)."""
     axes_attr = ctx.attr(node, "axes")
     if axes_attr is not None:
         axes = [int(a) for a in axes_attr]
@@ -40,9 +38,38 @@ def _reduce(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
         axes = [] if given is None else [int(a) for a in np.asarray(given).reshape(-1)]
     if not axes and not ctx.attr(node, "noop_with_empty_axes", 0):
         axes = list(range(rank))
-    axes_n = tuple(sorted(normalize_axes(axes, rank, what=f"{ctx.where} axes")))
-    keepdims = int(ctx.attr(node, "keepdims", 1))
-    return [ctx.add(node.op_type, [x], {"axes": axes_n, "keepdims": 1 if keepdims else 0})]
+    return tuple(sorted(normalize_axes(axes, rank, what=f"{ctx.where} axes")))
+
+
+@onnx_op(*REDUCE_KINDS)
+def _reduce(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+    x = ctx.input(node, 0)
+    axes = _reduce_axes(ctx, node, ctx.type_of(x).rank)
+    keepdims = 1 if ctx.attr(node, "keepdims", 1) else 0
+    return [ctx.add(node.op_type, [x], {"axes": axes, "keepdims": keepdims})]
+
+
+@onnx_op("ReduceLogSumExp")
+def _reduce_log_sum_exp(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+    """log(sum(exp(x - m))) + m with m the max over the axes (0 where it is infinite, so
+    that all -inf gives -inf and +inf gives +inf, not NaN): no overflow for large x."""
+    x = ctx.input(node, 0)
+    x_type = ctx.type_of(x)
+    axes = _reduce_axes(ctx, node, x_type.rank)
+    keepdims = 1 if ctx.attr(node, "keepdims", 1) else 0
+    work = x if x_type.dtype.is_float else ctx.add("Cast", [x], {"to": DType.FLOAT64})
+    dtype = ctx.type_of(work).dtype
+    peak = ctx.add("ReduceMax", [work], {"axes": axes, "keepdims": 1})
+    zero = ctx.constant(np.zeros((), dtype.np_dtype))
+    peak = ctx.add("Where", [ctx.add("IsInf", [peak]), zero, peak])
+    shifted = ctx.add("Exp", [ctx.add("Sub", [work, peak])])
+    total = ctx.add("ReduceSum", [shifted], {"axes": axes, "keepdims": keepdims})
+    if not keepdims:
+        peak = ctx.add("Reshape", [peak], {"shape": ctx.type_of(total).shape})
+    result = ctx.add("Add", [ctx.add("Log", [total]), peak])
+    if not x_type.dtype.is_float:
+        result = ctx.add("Cast", [result], {"to": x_type.dtype})
+    return [result]
 
 
 @onnx_op("ArgMax", "ArgMin")
@@ -58,8 +85,8 @@ def _arg(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
     return [ctx.add(node.op_type, [x], attrs)]
 
 
-@onnx_op("CumSum")
-def _cumsum(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+@onnx_op("CumSum", "CumProd")
+def _cumulative(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
     x = ctx.input(node, 0)
     axis = _scalar_int(ctx, ctx.const_input(node, 1, "axis"), "axis")
     axis = normalize_axis(axis, ctx.type_of(x).rank, what=f"{ctx.where} axis")
@@ -68,7 +95,7 @@ def _cumsum(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
         "exclusive": 1 if ctx.attr(node, "exclusive", 0) else 0,
         "reverse": 1 if ctx.attr(node, "reverse", 0) else 0,
     }
-    return [ctx.add("CumSum", [x], attrs)]
+    return [ctx.add(node.op_type, [x], attrs)]
 
 
 @onnx_op("TopK")

@@ -1,4 +1,4 @@
-"""Scaled dot-product attention as one op: O = softmax(Q K^T * scale + mask, axis=-1) @ V.
+"""Scaled dot-product attention as one op: O = softmax(cap(Q K^T * scale) + mask, axis=-1) @ V.
 
 Exported transformers spell attention as a dozen nodes (head-split transposes, two MatMuls,
 a scale, a mask Add, Softmax, the head-merge transpose); `FuseAttention` (lowering) turns
@@ -11,6 +11,12 @@ head-split transposes and write through the head-merge transpose, so no transpos
     V = transpose(v, v_perm)   [batch..., Sk, Dv]
     mask                       broadcastable to [batch..., Sq, Sk], added to the scores
     out = transpose(O, out_perm)
+
+`softcap` c > 0 bounds the scores before the mask, cap(s) = c * tanh(s / c) (ONNX Attention's
+softcap; 0 leaves them alone). `zero_masked_rows` gives zeros for a query row with no key
+left (every score -inf), as ONNX Attention defines it, instead of the NaN an unfused Softmax
+gives. ONNX's Attention node itself (heads, grouped-query K/V, causal and padding masks,
+caches) is mapped onto this op by the ONNX frontend.
 
 An empty perm means identity (not ONNX Transpose's reversal). The batch dims of Q, K and V
 broadcast as numpy's matmul does. `attention_geometry` computes all of this once; type
@@ -31,7 +37,8 @@ from ember.ir.ops.common import FLOAT_TYPES, broadcast_shapes
 from ember.ir.ops.registry import OPS, OpDef, attr
 from ember.ir.types import TensorType
 
-__all__ = ["AttentionGeometry", "attention_geometry", "attention_reference", "full_perm"]
+__all__ = ["AttentionGeometry", "attention_geometry", "attention_reference", "full_perm",
+           "linear_attention_reference"]
 
 
 def full_perm(perm: Sequence[int], rank: int, what: str, shape: Sequence[int]) -> tuple[int, ...]:
@@ -150,12 +157,14 @@ def _compute_dtype(dtype: np.dtype) -> np.dtype:
 def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray,
                         mask: np.ndarray | None = None, *, scale: float = 1.0,
                         q_perm: Sequence[int] = (), k_perm: Sequence[int] = (),
-                        v_perm: Sequence[int] = (), out_perm: Sequence[int] = ()) -> np.ndarray:
+                        v_perm: Sequence[int] = (), out_perm: Sequence[int] = (),
+                        softcap: float = 0.0, zero_masked_rows: int = 0) -> np.ndarray:
     """The decomposition the op replaces, computed in float32 (float64 for float64 tensors)
     with the stable softmax (the row max is subtracted first). Scores are rounded to the
     compute type before the mask is added, as the unfused graph's Add does; a row whose
-    scores are all -inf, or hold a NaN or +inf, gives NaN, as the unfused Softmax does. With
-    no keys (Sk = 0) the output is zeros, as the unfused P @ V with an empty inner axis."""
+    scores are all -inf gives NaN, as the unfused Softmax does (zeros with
+    `zero_masked_rows`), one holding a NaN or +inf gives NaN. With no keys (Sk = 0) the
+    output is zeros, as the unfused P @ V with an empty inner axis."""
     g = attention_geometry(q.shape, k.shape, v.shape, None if mask is None else mask.shape,
                            q_perm, k_perm, v_perm, out_perm)
     acc = _compute_dtype(q.dtype)
@@ -167,12 +176,16 @@ def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray,
     else:
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             scores = np.matmul(qq, np.swapaxes(kk, -1, -2)) * acc.type(scale)
+            if softcap > 0:
+                scores = acc.type(softcap) * np.tanh(scores * acc.type(1.0 / softcap))
             if mask is not None:
                 scores = scores + mask.astype(acc, copy=False)
             scores = np.broadcast_to(scores, g.scores_shape)
             shifted = scores - scores.max(axis=-1, keepdims=True)  # NaN propagates
             weights = np.exp(shifted)
             probs = weights / weights.sum(axis=-1, keepdims=True)
+            if zero_masked_rows:
+                probs = np.where(np.isneginf(scores.max(axis=-1, keepdims=True)), 0, probs)
             out = np.matmul(probs, vv)
         out = np.broadcast_to(out, g.logical_out)
     return np.transpose(out, g.out_perm).astype(q.dtype)
@@ -183,8 +196,93 @@ _INTS = AttrKind.INTS
 ATTENTION = OPS.register(OpDef(
     "Attention", _infer, attention_reference,
     attrs=(attr("scale", AttrKind.FLOAT, 1.0), attr("q_perm", _INTS, ()),
-           attr("k_perm", _INTS, ()), attr("v_perm", _INTS, ()), attr("out_perm", _INTS, ())),
+           attr("k_perm", _INTS, ()), attr("v_perm", _INTS, ()), attr("out_perm", _INTS, ()),
+           attr("softcap", AttrKind.FLOAT, 0.0),
+           attr("zero_masked_rows", AttrKind.INT, 0, (0, 1))),
     num_inputs=(3, 4),
-    doc="softmax(Q K^T * scale + mask, axis=-1) @ V with Q, K, V read through q_perm, "
-        "k_perm, v_perm and the result written through out_perm (empty perm: identity).",
+    doc="softmax(cap(Q K^T * scale) + mask, axis=-1) @ V with Q, K, V read through q_perm, "
+        "k_perm, v_perm and the result written through out_perm (empty perm: identity); "
+        "cap(s) = softcap * tanh(s / softcap) when softcap > 0; zero_masked_rows: a row "
+        "whose scores are all -inf gives zeros rather than NaN.",
+))
+
+
+# -- LinearAttention --------------------------------------------------------------------------
+def _linear_heads(q: Sequence[int], k: Sequence[int], v: Sequence[int], state: Sequence[int],
+                  decay: Sequence[int], beta: Sequence[int], hq: int, hkv: int
+                  ) -> tuple[int, int]:
+    """(dk, dv) after checking every shape (ShapeError naming the parts)."""
+    if hq <= 0 or hkv <= 0 or hq % hkv:
+        raise ShapeError(f"LinearAttention q_num_heads {hq} must be a positive multiple of "
+                         f"kv_num_heads {hkv}")
+    if len(q) != 3 or len(k) != 3 or len(v) != 3 or q[:2] != k[:2] or q[:2] != v[:2]:
+        raise ShapeError(f"LinearAttention query {tuple(q)}, key {tuple(k)} and value "
+                         f"{tuple(v)} must be [batch, time, heads * size] alike")
+    if q[2] % hq or k[2] % hkv or v[2] % hkv or q[2] // hq != k[2] // hkv:
+        raise ShapeError(f"LinearAttention hidden sizes {q[2]}, {k[2]}, {v[2]} do not split "
+                         f"into {hq} / {hkv} heads of one key size")
+    dk, dv = k[2] // hkv, v[2] // hkv
+    b, t = q[0], q[1]
+    if tuple(state) != (b, hkv, dk, dv):
+        raise ShapeError(f"LinearAttention state {tuple(state)} must be {(b, hkv, dk, dv)}")
+    if tuple(decay[:2]) != (b, t) or len(decay) != 3 or decay[2] not in (hkv, hkv * dk):
+        raise ShapeError(f"LinearAttention decay {tuple(decay)} must be [{b}, {t}, {hkv} or "
+                         f"{hkv * dk}]")
+    if tuple(beta[:2]) != (b, t) or len(beta) != 3 or beta[2] not in (hkv, 1):
+        raise ShapeError(f"LinearAttention beta {tuple(beta)} must be [{b}, {t}, {hkv} or 1]")
+    return dk, dv
+
+
+def _infer_linear(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
+    q, k, v, state, decay, beta = inputs
+    if q.dtype not in FLOAT_TYPES or any(t.dtype != q.dtype for t in (k, v, decay, beta)):
+        raise DTypeError(f"LinearAttention takes float query/key/value/decay/beta of one "
+                         f"dtype, got {[str(t.dtype) for t in inputs]}")
+    if state.dtype not in FLOAT_TYPES:
+        raise DTypeError(f"LinearAttention state must be float, got {state.dtype}")
+    hq, hkv = attrs["q_num_heads"], attrs["kv_num_heads"]
+    _, dv = _linear_heads(q.shape, k.shape, v.shape, state.shape, decay.shape, beta.shape,
+                          hq, hkv)
+    return (TensorType((q.shape[0], q.shape[1], hq * dv), q.dtype),
+            TensorType(state.shape, state.dtype))
+
+
+def linear_attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray,
+                               state: np.ndarray, decay: np.ndarray, beta: np.ndarray, *,
+                               q_num_heads: int, kv_num_heads: int, scale: float = 0.0,
+                               delta: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The recurrence over time, in float32: per K/V head the state S [dk, dv] decays by
+    exp(decay_t), then (delta rule) v_t is replaced by beta_t (v_t - k_t S), then
+    S += k_t^T v_t; query head h reads out scale * q_t S of K/V head h // (Hq / Hkv)."""
+    hq, hkv = q_num_heads, kv_num_heads
+    dk, dv = _linear_heads(q.shape, k.shape, v.shape, state.shape, decay.shape, beta.shape,
+                           hq, hkv)
+    b, t = q.shape[:2]
+    f32 = np.float32
+    qh = q.astype(f32).reshape(b, t, hkv, hq // hkv, dk)
+    kh = k.astype(f32).reshape(b, t, hkv, dk)
+    vh = v.astype(f32).reshape(b, t, hkv, dv)
+    gate = np.exp(decay.astype(f32).reshape(b, t, hkv, -1))  # [.., 1 or dk]
+    rate = np.broadcast_to(beta.astype(f32), (b, t, hkv))
+    s = state.astype(f32).copy()
+    factor = f32(scale) if scale else f32(1.0 / np.sqrt(dk))
+    out = np.zeros((b, t, hkv, hq // hkv, dv), f32)
+    for step in range(t):
+        s = s * gate[:, step, :, :, None]
+        value = vh[:, step]
+        if delta:
+            value = rate[:, step, :, None] * (value - np.einsum("bhd,bhdm->bhm", kh[:, step], s))
+        s = s + kh[:, step, :, :, None] * value[:, :, None, :]
+        out[:, step] = factor * np.einsum("bhgd,bhdm->bhgm", qh[:, step], s)
+    return out.reshape(b, t, hq * dv).astype(q.dtype), s.astype(state.dtype)
+
+
+LINEAR_ATTENTION = OPS.register(OpDef(
+    "LinearAttention", _infer_linear, linear_attention_reference,
+    attrs=(attr("q_num_heads", AttrKind.INT), attr("kv_num_heads", AttrKind.INT),
+           attr("scale", AttrKind.FLOAT, 0.0), attr("delta", AttrKind.INT, 1, (0, 1))),
+    num_inputs=(6, 6), num_outputs=2,
+    doc="Gated (delta-rule) linear attention over time: query/key/value [B, T, heads * "
+        "size], state [B, Hkv, dk, dv], decay [B, T, Hkv or Hkv * dk] (log gates), beta "
+        "[B, T, Hkv or 1]; outputs [B, T, Hq * dv] and the final state. scale 0: 1/sqrt(dk).",
 ))

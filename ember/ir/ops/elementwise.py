@@ -68,6 +68,13 @@ def _float_only(rule: Callable[[Sequence[TensorType]], DType]):
     return checked
 
 
+def _integer_only(inputs: Sequence[TensorType]) -> DType:
+    dtype = _same(inputs)
+    if not dtype.is_integer:
+        raise DTypeError(f"expects integer tensors, got {dtype}")
+    return dtype
+
+
 def _bool_only(inputs: Sequence[TensorType]) -> DType:
     for t in inputs:
         if t.dtype is not DType.BOOL:
@@ -150,6 +157,33 @@ def _cast(x, *, to: DType, saturate: int = 1):
         with np.errstate(invalid="ignore"):
             return x.astype(to.np_dtype)
     return x.astype(to.np_dtype)
+
+
+def _mod(a, b, *, fmod=0):
+    """C's remainder (fmod=1: the dividend's sign) or the floored one (the divisor's sign);
+    integer x % 0 is 0, as in numpy."""
+    return np.fmod(a, b) if fmod else np.mod(a, b)
+
+
+def _bitshift(a, b, *, direction):
+    """Shifts by b outside [0, bits) give 0 (a negative value shifted right: -1); signed
+    values shift left as their unsigned bits."""
+    a, b = np.broadcast_arrays(a, b)
+    bits = a.dtype.itemsize * 8
+    inside = (b >= 0) & (b < bits)
+    count = np.where(inside, b, 0).astype(np.uint64 if a.dtype.itemsize == 8 else np.uint32)
+    unsigned = a.view(np.dtype(f"u{a.dtype.itemsize}"))
+    if direction == "LEFT":
+        shifted = np.left_shift(unsigned, count.astype(unsigned.dtype)).view(a.dtype)
+        return np.where(inside, shifted, a.dtype.type(0))
+    shifted = np.right_shift(a, count.astype(a.dtype))
+    outside = np.where(a < 0, a.dtype.type(-1), a.dtype.type(0)) if a.dtype.kind == "i" else 0
+    return np.where(inside, shifted, outside)
+
+
+def _shrink(x, *, bias, lambd):
+    xf = x.astype(np.float64)
+    return np.where(xf < -lambd, xf + bias, np.where(xf > lambd, xf - bias, 0.0))
 
 
 def _unary_float(fn):
@@ -248,6 +282,44 @@ ELEMENTWISE_OPS: dict[str, tuple] = {
         (attr("alpha", _F, 1.0),),
         False,
     ),
+    "Mod": (2, _mod, _same, (attr("fmod", AttrKind.INT, 0, (0, 1)),), False),
+    "Acos": (1, _unary_float(np.arccos), _float_only(_same), (), False),
+    "Asin": (1, _unary_float(np.arcsin), _float_only(_same), (), False),
+    "Atan": (1, _unary_float(np.arctan), _float_only(_same), (), False),
+    "Acosh": (1, _unary_float(np.arccosh), _float_only(_same), (), False),
+    "Asinh": (1, _unary_float(np.arcsinh), _float_only(_same), (), False),
+    "Atanh": (1, _unary_float(np.arctanh), _float_only(_same), (), False),
+    "Tan": (1, _unary_float(np.tan), _float_only(_same), (), False),
+    "Cosh": (1, _unary_float(np.cosh), _float_only(_same), (), False),
+    "Sinh": (1, _unary_float(np.sinh), _float_only(_same), (), False),
+    "Softsign": (1, _unary_float(lambda x: x / (1.0 + np.abs(x))), _float_only(_same), (), False),
+    "Celu": (
+        1,
+        _unary_float(lambda x, alpha: np.where(x > 0, x, alpha * np.expm1(x / alpha))),
+        _float_only(_same),
+        (attr("alpha", _F, 1.0),),
+        False,
+    ),
+    "ThresholdedRelu": (
+        1,
+        _unary_float(lambda x, alpha: np.where(x > alpha, x, 0.0)),
+        _float_only(_same),
+        (attr("alpha", _F, 1.0),),
+        False,
+    ),
+    "Shrink": (1, _shrink, _same, (attr("bias", _F, 0.0), attr("lambd", _F, 0.5)), False),
+    # integer bit operations
+    "BitShift": (
+        2,
+        _bitshift,
+        _integer_only,
+        (attr("direction", AttrKind.STRING, choices=("LEFT", "RIGHT")),),
+        False,
+    ),
+    "BitwiseAnd": (2, np.bitwise_and, _integer_only, (), True),
+    "BitwiseOr": (2, np.bitwise_or, _integer_only, (), True),
+    "BitwiseXor": (2, np.bitwise_xor, _integer_only, (), True),
+    "BitwiseNot": (1, np.invert, _integer_only, (), False),
     # comparisons and logic
     "Equal": (2, np.equal, _boolean, (), True),
     "Less": (2, np.less, _boolean, (), False),
@@ -314,3 +386,27 @@ def _register(name: str, arity: int, fn, rule, attrs: tuple[AttrSpec, ...], comm
 
 for _name, (_arity, _fn, _rule, _attrs, _comm) in ELEMENTWISE_OPS.items():
     _register(_name, _arity, _fn, _rule, _attrs, _comm)
+
+
+# -- BitCast: the same bits read as another type of the same width --------------------------
+def _infer_bitcast(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
+    (x,), to = inputs, attrs["to"]
+    if DType.STRING in (x.dtype, to) or x.dtype.itemsize != to.itemsize:
+        raise DTypeError(f"BitCast needs types of one bit width, got {x.dtype} -> {to}")
+    return (TensorType(x.shape, to),)
+
+
+def _reference_bitcast(x: np.ndarray, *, to: DType) -> np.ndarray:
+    return np.ascontiguousarray(x).view(to.np_dtype)
+
+
+OPS.register(
+    OpDef(
+        "BitCast",
+        _infer_bitcast,
+        _reference_bitcast,
+        attrs=(attr("to", AttrKind.DTYPE),),
+        elementwise=True,
+        doc="Reinterprets each element's bits as `to`, a type of the same width.",
+    )
+)

@@ -1,7 +1,8 @@
-"""Reductions: ReduceSum/Mean/Max/Min/Prod/L2/SumSquare, ArgMax/ArgMin, CumSum and TopK.
+"""Reductions: ReduceSum/Mean/Max/Min/Prod/L1/L2/SumSquare/LogSum, ArgMax/ArgMin, CumSum,
+CumProd and TopK.
 
-Every reduce op is one combine (sum, prod, max, min) with an optional map before it (square)
-and after it (mean, sqrt); `REDUCE_KINDS` holds that triple and is also on each OpDef's
+Every reduce op is one combine (sum, prod, max, min) with an optional map before it (square, abs)
+and after it (mean, sqrt, log); `REDUCE_KINDS` holds that triple and is also on each OpDef's
 `extra["reduce"]`, so codegen renders one kernel for all of them. `axes` is explicit in the
 IR: the tuple of reduced axes (negative allowed), and `()` reduces nothing (the maps still
 apply, as ONNX's `noop_with_empty_axes` says). ONNX's "no axes means all axes" is resolved by
@@ -40,8 +41,8 @@ class ReduceKind:
     """A reduction as combine(pre(x)) over the reduced elements, then post(acc)."""
 
     combine: str  # "sum" | "prod" | "max" | "min"
-    pre: str = "none"  # "none" | "square"
-    post: str = "none"  # "none" | "mean" | "sqrt"
+    pre: str = "none"  # "none" | "square" | "abs"
+    post: str = "none"  # "none" | "mean" | "sqrt" | "log"
     allows_bool: bool = False
 
 
@@ -53,6 +54,8 @@ REDUCE_KINDS: dict[str, ReduceKind] = {
     "ReduceMin": ReduceKind("min", allows_bool=True),
     "ReduceSumSquare": ReduceKind("sum", pre="square"),
     "ReduceL2": ReduceKind("sum", pre="square", post="sqrt"),
+    "ReduceL1": ReduceKind("sum", pre="abs"),
+    "ReduceLogSum": ReduceKind("sum", post="log"),
 }
 
 _REDUCE_DTYPES = NUMERIC_TYPES
@@ -127,6 +130,8 @@ def _make_reduce_reference(name: str, kind: ReduceKind):
         with np.errstate(all="ignore"):
             if kind.pre == "square":
                 work = work * work
+            elif kind.pre == "abs":
+                work = np.abs(work)
             if kind.combine == "sum":
                 acc = np.sum(work, axis=axes_n, keepdims=True, dtype=work.dtype)
             elif kind.combine == "prod":
@@ -144,6 +149,8 @@ def _make_reduce_reference(name: str, kind: ReduceKind):
                     acc = _trunc_div(acc, count) if count else np.zeros_like(acc)
             elif kind.post == "sqrt":
                 acc = np.sqrt(acc) if dtype.is_float else _isqrt(acc)
+            elif kind.post == "log":
+                acc = np.log(acc)
         return np.asarray(acc).astype(x.dtype).reshape(out_shape)
 
     return reference
@@ -213,29 +220,41 @@ for _name, _largest in (("ArgMax", True), ("ArgMin", False)):
     )
 
 
-# -- CumSum -----------------------------------------------------------------------------------
-def _infer_cumsum(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
-    x = inputs[0]
-    require_dtype(x, NUMERIC_TYPES, "CumSum input 0")
-    if x.rank == 0:
-        raise ShapeError("CumSum needs an input of rank >= 1, got a scalar")
-    normalize_axis(attrs["axis"], x.rank, what="CumSum axis")
-    return (x,)
+# -- CumSum, CumProd --------------------------------------------------------------------------
+def _make_cumulative_infer(name: str):
+    def infer(inputs: Sequence[TensorType], attrs: Attrs) -> tuple[TensorType, ...]:
+        x = inputs[0]
+        require_dtype(x, NUMERIC_TYPES, f"{name} input 0")
+        if x.rank == 0:
+            raise ShapeError(f"{name} needs an input of rank >= 1, got a scalar")
+        normalize_axis(attrs["axis"], x.rank, what=f"{name} axis")
+        return (x,)
+
+    return infer
 
 
-def _reference_cumsum(x: np.ndarray, *, axis: int, exclusive: int, reverse: int) -> np.ndarray:
-    """Sequential sums in the compute type (float for half, as the kernel), so the order of
-    additions is the kernel's."""
+def _make_cumulative_reference(combine: str):
+    def reference(x: np.ndarray, *, axis: int, exclusive: int, reverse: int) -> np.ndarray:
+        return _cumulative(x, combine, axis, exclusive, reverse)
+
+    return reference
+
+
+def _cumulative(x: np.ndarray, combine: str, axis: int, exclusive: int, reverse: int
+                ) -> np.ndarray:
+    """Sequential sums (products) in the compute type (float for half, as the kernel), so
+    the order of operations is the kernel's; ints wrap in their own type."""
     x = np.asarray(x)
     axis = normalize_axis(axis, x.ndim)
     dtype = DType.from_numpy(x.dtype)
     work = x.astype(np.float32) if dtype.is_float and dtype.itemsize < 4 else x
     if reverse:
         work = np.flip(work, axis)
+    scan = np.cumsum if combine == "sum" else np.cumprod
     with np.errstate(all="ignore"):
-        out = np.cumsum(work, axis=axis, dtype=work.dtype)
-    if exclusive:  # shift by one along the axis: element i gets the sum before it
-        shifted = np.zeros_like(out)
+        out = scan(work, axis=axis, dtype=work.dtype)
+    if exclusive:  # shift by one along the axis: element i gets the result before it
+        shifted = np.zeros_like(out) if combine == "sum" else np.ones_like(out)
         dst = [slice(None)] * x.ndim
         src = [slice(None)] * x.ndim
         dst[axis], src[axis] = slice(1, None), slice(0, -1)
@@ -246,20 +265,22 @@ def _reference_cumsum(x: np.ndarray, *, axis: int, exclusive: int, reverse: int)
     return out.astype(x.dtype)
 
 
-OPS.register(
-    OpDef(
-        "CumSum",
-        _infer_cumsum,
-        _reference_cumsum,
-        attrs=(
-            attr("axis", AttrKind.INT),
-            attr("exclusive", AttrKind.INT, 0, (0, 1)),
-            attr("reverse", AttrKind.INT, 0, (0, 1)),
-        ),
-        doc="Running sum along `axis` (exclusive: without the element itself; reverse: from "
-        "the end).",
+for _name, _combine in (("CumSum", "sum"), ("CumProd", "prod")):
+    OPS.register(
+        OpDef(
+            _name,
+            _make_cumulative_infer(_name),
+            _make_cumulative_reference(_combine),
+            attrs=(
+                attr("axis", AttrKind.INT),
+                attr("exclusive", AttrKind.INT, 0, (0, 1)),
+                attr("reverse", AttrKind.INT, 0, (0, 1)),
+            ),
+            doc=f"Running {_combine} along `axis` (exclusive: without the element itself; "
+            "reverse: from the end).",
+            extra={"combine": _combine},
+        )
     )
-)
 
 
 # -- TopK -------------------------------------------------------------------------------------

@@ -1,0 +1,493 @@
+"""Staged execution: models whose shapes depend on values computed at run time.
+
+The import stops at a node that needs run-time values (frontends/onnx/partial.py): what comes
+before compiles as one segment; the node runs on the host once the segment has produced its
+inputs; what comes after is imported again as a sub-model over the values known by then,
+compiled for their shapes, and so on. Every segment is cached by the shapes (and the few
+values frozen into it) it was compiled for, so a later call with the same shapes compiles
+nothing. Branches and loop bodies run as compiled sub-models the same way: a Loop's body
+compiles once and its kernels run every iteration.
+
+Host values: tensors are numpy arrays, sequences are lists of arrays, an empty optional is
+None.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections import ChainMap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ember.errors import (
+    EmberError,
+    InputError,
+    NonConstantInputError,
+    UnsupportedOpError,
+)
+from ember.frontends.onnx.checks import default_opset, node_label
+from ember.frontends.onnx.control_flow import free_names, node_reads
+from ember.frontends.onnx.partial import import_segment
+from ember.ir import DType, Graph, TensorType
+from ember.runtime.numpy import evaluate_graph
+
+__all__ = ["CompiledSegment", "Compiler", "StagedModel"]
+
+Env = Mapping[str, Any]
+
+
+class CompiledSegment:
+    """What the compiler hands back for a segment's graph: called with its inputs by name,
+    returns its outputs by name; `summary()` describes its steps."""
+
+    def __call__(self, **feeds: np.ndarray) -> dict[str, np.ndarray]: ...
+
+    def summary(self) -> str: ...
+
+
+Compiler = Callable[[Graph], CompiledSegment]
+
+# Frozen inputs up to this many bytes are keyed by their bytes, larger ones by a digest.
+_KEY_BYTES = 4096
+
+
+def _value_key(name: str, value: Any, frozen: bool) -> tuple:
+    """How one input enters a plan's cache key: its kind and shape, and its value when the
+    segment was compiled with it frozen (a computed Reshape shape, a Slice's start)."""
+    if value is None:
+        return (name, "none")
+    if isinstance(value, list):
+        return (name, "seq", tuple((a.shape, str(a.dtype)) for a in map(np.asarray, value)))
+    array = np.asarray(value)
+    if not frozen:
+        return (name, array.shape, str(array.dtype))
+    # object (string) arrays hold pointers: key them by their values
+    data = (repr(array.tolist()).encode() if array.dtype.hasobject
+            else np.ascontiguousarray(array).tobytes())
+    if len(data) > _KEY_BYTES:
+        data = hashlib.blake2b(data, digest_size=16).digest()
+    return (name, array.shape, str(array.dtype), data)
+
+
+def _tensor_type(value: Any) -> TensorType | None:
+    if value is None or isinstance(value, list):
+        return None  # a host value: the nodes reading it run on the host
+    array = np.asarray(value)
+    return TensorType(tuple(array.shape), DType.from_numpy(array.dtype))
+
+
+def _key_text(key: tuple) -> str:
+    if key[1] == "none":
+        return f"{key[0]} (empty optional)"
+    if key[1] == "seq":
+        return f"{key[0]} (sequence of {len(key[2])})"
+    return f"{key[0]}[{', '.join(map(str, key[1]))}]" + (" (frozen)" if len(key) > 3 else "")
+
+
+@dataclass
+class _Plan:
+    """One stage compiled for one input signature."""
+    compiled: CompiledSegment | None
+    segment_inputs: list[str]
+    constants: dict[str, np.ndarray]
+    host: onnx.NodeProto | None
+    rest: Stage | None
+    reason: str
+
+
+class _Runtime:
+    """What every stage of one model shares: the compiler, the sub-models of its branches
+    and bodies, and counts of what was compiled."""
+
+    def __init__(self, compiler: Compiler, opset: int, name: str) -> None:
+        self.compiler = compiler
+        self.opset = opset
+        self.name = name
+        self.subgraphs: dict[int, tuple[onnx.GraphProto, Stage]] = {}
+        self.initializers: dict[str, np.ndarray] = {}  # the model's, shared by every stage
+        self.compilations = 0  # segments compiled so far, every stage together
+        self.lock = threading.RLock()
+
+    def body(self, graph: onnx.GraphProto) -> Stage:
+        """The stage of a branch or body, made once per subgraph: its inputs are its formal
+        inputs and the outer names it captures; the model's initializers it captures stay
+        constants (other captured values may differ between calls: they are inputs)."""
+        found = self.subgraphs.get(id(graph))
+        if found is None:
+            captured = free_names(graph)
+            known = {n: self.initializers[n] for n in captured if n in self.initializers}
+            for tensor in graph.initializer:
+                known[tensor.name] = numpy_helper.to_array(tensor)
+            stage = Stage(f"{self.name}/{graph.name or 'body'}", list(graph.node), self,
+                          inputs=[i.name for i in graph.input] + [n for n in captured
+                                                                  if n not in known],
+                          outputs=[o.name for o in graph.output], constants=known,
+                          freeze=True)
+            found = self.subgraphs[id(graph)] = (graph, stage)
+        return found[1]
+
+
+class Stage:
+    """An ONNX (sub)graph run over the values it reads: compiled up to its first host node,
+    then that node, then the rest as another stage."""
+
+    def __init__(self, name: str, nodes: Sequence[onnx.NodeProto], runtime: _Runtime, *,
+                 inputs: Sequence[str], outputs: Sequence[str],
+                 constants: Mapping[str, np.ndarray], freeze: bool) -> None:
+        self.name = name
+        self.nodes = list(nodes)
+        self.runtime = runtime
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self.constants = dict(constants)
+        self.freeze = freeze  # inputs that must be compile-time values are frozen into it
+        self.frozen: set[str] = set()
+        self.plans: dict[tuple, _Plan] = {}
+
+    def _key(self, env: Env) -> tuple:
+        return tuple(_value_key(n, env[n], n in self.frozen) for n in self.inputs)
+
+    def __call__(self, env: Env) -> dict[str, Any]:
+        missing = [n for n in self.inputs if n not in env]
+        if missing:
+            raise InputError(f"{self.name}: no value for {missing}")
+        plan = self.plans.get(self._key(env))
+        if plan is None:
+            plan = self._plan(env)
+            self.plans[self._key(env)] = plan  # only once it compiled: a failure keeps none
+        values: dict[str, Any] = {n: env[n] for n in self.inputs}
+        values.update(plan.constants)
+        if plan.compiled is not None:
+            values.update(plan.compiled(**{n: values[n] for n in plan.segment_inputs}))
+        if plan.host is not None:
+            values.update(run_host_node(plan.host, ChainMap(values, self.constants),
+                                        self.runtime))
+        if plan.rest is not None:
+            values.update(plan.rest(ChainMap(values, self.constants)))
+        lookup = ChainMap(values, self.constants)
+        return {n: lookup[n] for n in self.outputs}
+
+    def _plan(self, env: Env) -> _Plan:
+        while True:
+            types = {n: _tensor_type(env[n]) for n in self.inputs if n not in self.frozen}
+            constants = {**self.constants, **{n: np.asarray(env[n]) for n in self.frozen}}
+            try:
+                segment = import_segment(self.name, self.nodes, self.runtime.opset, types,
+                                         constants, self.outputs)
+                break
+            except NonConstantInputError as exc:
+                new = set(exc.names) & set(self.inputs) - self.frozen
+                if not (self.freeze and new):
+                    raise
+                self.frozen |= new
+        compiled = None
+        if segment.graph.outputs:
+            compiled = self.runtime.compiler(segment.graph)
+            self.runtime.compilations += 1
+        host, rest = None, None
+        if segment.deferred:
+            host, later = segment.deferred[0], segment.deferred[1:]
+            if later:
+                known = {**constants, **segment.constants}
+                produced = {n for node in later for n in node.output if n}
+                reads = [n for node in later for n in node_reads(node)]
+                rest_outputs = [n for n in self.outputs if n in produced]
+                rest = Stage(f"{self.name}/{node_label(later[0])}", later, self.runtime,
+                             inputs=[n for n in dict.fromkeys(reads)
+                                     if n not in produced and n not in known],
+                             outputs=rest_outputs,
+                             constants={n: known[n] for n in dict.fromkeys(reads)
+                                        if n in known and n not in produced},
+                             freeze=True)
+        return _Plan(compiled, segment.inputs, segment.constants, host, rest, segment.reason)
+
+    def describe(self, lines: list[str], depth: int = 0) -> None:
+        """What this stage compiled and what runs on the host, for summary()."""
+        pad = "  " * depth
+        for key, plan in self.plans.items():
+            shapes = ", ".join(_key_text(k) for k in key)
+            lines.append(f"{pad}stage {self.name!r} for inputs {shapes or '(none)'}:")
+            if plan.compiled is not None:
+                lines.extend(f"{pad}  {line}" for line in plan.compiled.summary().splitlines())
+            if plan.host is not None:
+                lines.append(f"{pad}  host: {node_label(plan.host)} ({plan.reason})")
+            if plan.rest is not None:
+                plan.rest.describe(lines, depth + 1)
+
+
+class StagedModel:
+    """A model with host nodes between compiled segments. Called with a dict of input name
+    -> value (array, list for a sequence, None for an empty optional); returns the outputs
+    by name. Calls take turns (the stages' caches are shared)."""
+
+    def __init__(self, model: onnx.ModelProto, compiler: Compiler, *,
+                 freeze_inputs: bool = False,
+                 initializers: Mapping[str, np.ndarray] | None = None) -> None:
+        graph = model.graph
+        arrays = dict(initializers or {})
+        for tensor in graph.initializer:
+            if tensor.name not in arrays:
+                arrays[tensor.name] = numpy_helper.to_array(tensor)
+        self.name = graph.name or "model"
+        self.runtime = _Runtime(compiler, default_opset(model), self.name)
+        self.runtime.initializers = arrays
+        self.input_names = [i.name for i in graph.input if i.name not in arrays]
+        self.output_names = [o.name for o in graph.output]
+        self.root = Stage(self.name, list(graph.node), self.runtime, inputs=self.input_names,
+                          outputs=self.output_names, constants=arrays, freeze=freeze_inputs)
+
+    def __call__(self, feeds: Env) -> dict[str, Any]:
+        with self.runtime.lock:
+            return self.root(feeds)
+
+    @property
+    def compilations(self) -> int:
+        """How many segments (of the model, its branches and bodies) have been compiled."""
+        return self.runtime.compilations
+
+    def host_nodes(self) -> list[str]:
+        """The nodes that ran on the host between segments, so far (branches and bodies
+        included), each as 'Op name'."""
+        found: list[str] = []
+
+        def visit(stage: Stage) -> None:
+            for plan in stage.plans.values():
+                if plan.host is not None:
+                    found.append(node_label(plan.host))
+                if plan.rest is not None:
+                    visit(plan.rest)
+
+        visit(self.root)
+        for _, stage in self.runtime.subgraphs.values():
+            visit(stage)
+        return list(dict.fromkeys(found))
+
+    def summary(self) -> str:
+        lines = [(f"staged model {self.name!r}: compiled segments with host nodes between "
+                  f"them ({self.compilations} segment(s) compiled so far)")]
+        self.root.describe(lines)
+        for graph, stage in self.runtime.subgraphs.values():
+            lines.append(f"subgraph {graph.name or 'body'!r} (a branch or loop body):")
+            stage.describe(lines, 1)
+        if not self.root.plans:
+            lines.append("  (nothing compiled yet: segments compile at the first call)")
+        return "\n".join(lines)
+
+
+# -- host nodes -----------------------------------------------------------------------------
+def run_host_node(node: onnx.NodeProto, values: Env, runtime: _Runtime) -> dict[str, Any]:
+    """Run one deferred node on host values; its outputs by name."""
+    args = [values[n] if n else None for n in node.input]
+    handler = HOST_OPS.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+    if handler is not None:
+        results = handler(node, args, runtime, values)
+    else:
+        results = _fold_node(node, args, runtime)
+    return {name: result for name, result in zip(node.output, results) if name}
+
+
+def _fold_node(node: onnx.NodeProto, args: list[Any], runtime: _Runtime) -> list[Any]:
+    """A data-dependent op (NonZero, Unique, ...) imported alone with its inputs as
+    constants: its converter folds it through the op's reference."""
+    if any(isinstance(a, list) for a in args):
+        raise UnsupportedOpError(f"{node_label(node)} does not take a sequence input")
+    known = {n: np.asarray(a) for n, a in zip(node.input, args) if n and a is not None}
+    segment = import_segment(f"{runtime.name}/{node_label(node)}", [node], runtime.opset,
+                             {}, known, [n for n in node.output if n])
+    if segment.deferred:
+        raise UnsupportedOpError(f"{node_label(node)}: {segment.reason}")
+    results = dict(segment.constants)
+    if segment.graph.outputs:  # results too large to fold: computed by numpy
+        results.update(evaluate_graph(segment.graph, {}))
+    return [results.get(n) if n else None for n in node.output]
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
+    for attribute in node.attribute:
+        if attribute.name == name:
+            return helper.get_attribute_value(attribute)
+    return default
+
+
+def _truth(value: Any, what: str) -> bool:
+    array = np.asarray(value)
+    if array.size != 1:
+        raise EmberError(f"{what} must hold one value, got shape {array.shape}")
+    return bool(array.reshape(-1)[0])
+
+
+def _if(node, args, runtime, values):
+    branch = _attr(node, "then_branch" if _truth(args[0], node_label(node) + " condition")
+                   else "else_branch")
+    outputs = runtime.body(branch)(values)
+    return [outputs[o.name] for o in branch.output]
+
+
+def _empty_like_output(info: onnx.ValueInfoProto) -> np.ndarray:
+    """A scan output of a loop that ran no iteration: empty, of the body's declared type."""
+    tensor = info.type.tensor_type
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.elem_type) if tensor.elem_type else np.float32
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim]
+    # the body's declared per-iteration shape, when it declares every dim
+    return np.zeros((0, *dims) if None not in dims else (0,), dtype=dtype)
+
+
+def _loop(node, args, runtime, values):
+    trips, cond, carried = args[0], args[1], list(args[2:])
+    body: onnx.GraphProto = _attr(node, "body")
+    stage = runtime.body(body)
+    formal = [i.name for i in body.input]
+    count = len(carried)
+    limit = None if trips is None else int(np.asarray(trips).reshape(-1)[0])
+    running = True if cond is None else _truth(cond, node_label(node) + " condition")
+    if limit is None and cond is None:
+        raise UnsupportedOpError(f"{node_label(node)} has neither a trip count nor a "
+                                 f"condition: it would never end")
+    scans: list[list[np.ndarray]] = []
+    iteration = 0
+    while running and (limit is None or iteration < limit):
+        frame = {formal[0]: np.array(iteration, np.int64), formal[1]: np.array(running)}
+        frame.update(zip(formal[2:], carried))
+        outputs = stage(ChainMap(frame, values))
+        results = [outputs[o.name] for o in body.output]
+        running = _truth(results[0], node_label(node) + " body condition")
+        carried = results[1:1 + count]
+        scans.append(results[1 + count:])
+        iteration += 1
+    stacked = [np.stack([s[k] for s in scans]) if scans
+               else _empty_like_output(body.output[1 + count + k])
+               for k in range(len(body.output) - 1 - count)]
+    return carried + stacked
+
+
+def _scan(node, args, runtime, values):
+    body: onnx.GraphProto = _attr(node, "body")
+    scanned = int(_attr(node, "num_scan_inputs"))
+    states, inputs = list(args[:len(args) - scanned]), [np.asarray(a) for a in args[len(args) - scanned:]]
+    in_axes = [a % x.ndim for a, x in zip(_attr(node, "scan_input_axes", [0] * scanned), inputs)]
+    in_reverse = _attr(node, "scan_input_directions", [0] * scanned)
+    count = len(body.output) - len(states)
+    out_axes = _attr(node, "scan_output_axes", [0] * count)
+    out_reverse = _attr(node, "scan_output_directions", [0] * count)
+    length = inputs[0].shape[in_axes[0]] if inputs else 0
+    stage = runtime.body(body)
+    formal = [i.name for i in body.input]
+    collected: list[list[np.ndarray]] = [[] for _ in range(count)]
+    for step in range(length):
+        frame = dict(zip(formal, states))
+        for name, x, axis, reverse in zip(formal[len(states):], inputs, in_axes, in_reverse):
+            frame[name] = np.take(x, length - 1 - step if reverse else step, axis=axis)
+        outputs = stage(ChainMap(frame, values))
+        results = [outputs[o.name] for o in body.output]
+        states = results[:len(states)]
+        for items, value in zip(collected, results[len(states):]):
+            items.append(np.asarray(value))
+    stacked = []
+    for items, axis, reverse, info in zip(collected, out_axes, out_reverse,
+                                          body.output[len(states):]):
+        if not items:
+            stacked.append(_empty_like_output(info))
+            continue
+        rank = items[0].ndim + 1
+        stacked.append(np.stack(items[::-1] if reverse else items, axis=axis % rank))
+    return states + stacked
+
+
+def _sequence_map(node, args, runtime, values):
+    body: onnx.GraphProto = _attr(node, "body")
+    stage = runtime.body(body)
+    formal = [i.name for i in body.input]
+    length = len(args[0])
+    collected: list[list[Any]] = [[] for _ in body.output]
+    for index in range(length):
+        frame = {name: (a[index] if isinstance(a, list) else a) for name, a in zip(formal, args)}
+        outputs = stage(ChainMap(frame, values))
+        for items, info in zip(collected, body.output):
+            items.append(outputs[info.name])
+    return collected
+
+
+def _position(value: Any, length: int, insert: bool, what: str) -> int:
+    position = int(np.asarray(value).reshape(-1)[0])
+    low, high = -length, length if insert else length - 1
+    if not low <= position <= high:
+        raise InputError(f"{what}: position {position} is out of range for a sequence of "
+                         f"{length}")
+    return position + length if position < 0 else position
+
+
+def _sequence_insert(node, args, *_):
+    sequence = list(args[0])
+    at = len(sequence) if len(args) < 3 or args[2] is None else _position(
+        args[2], len(sequence), True, node_label(node))
+    sequence.insert(at, np.asarray(args[1]))
+    return [sequence]
+
+
+def _sequence_at(node, args, *_):
+    return [args[0][_position(args[1], len(args[0]), False, node_label(node))]]
+
+
+def _sequence_erase(node, args, *_):
+    sequence = list(args[0])
+    at = len(sequence) - 1 if len(args) < 2 or args[1] is None else _position(
+        args[1], len(sequence), False, node_label(node))
+    del sequence[at]
+    return [sequence]
+
+
+def _concat_from_sequence(node, args, *_):
+    axis = int(_attr(node, "axis"))
+    if _attr(node, "new_axis", 0):
+        return [np.stack(args[0], axis=axis)]
+    return [np.concatenate(args[0], axis=axis)]
+
+
+def _split_to_sequence(node, args, *_):
+    x = np.asarray(args[0])
+    axis = int(_attr(node, "axis", 0)) % max(x.ndim, 1)
+    split = None if len(args) < 2 or args[1] is None else np.asarray(args[1])
+    if split is None:
+        pieces = np.split(x, x.shape[axis], axis=axis)
+        if not _attr(node, "keepdims", 1):
+            pieces = [np.squeeze(p, axis=axis) for p in pieces]
+        return [pieces]
+    if split.ndim == 0:
+        size = int(split)
+        bounds = list(range(size, x.shape[axis], size))
+    else:
+        bounds = list(np.cumsum(split)[:-1])
+    return [np.split(x, bounds, axis=axis)]
+
+
+def _optional_get(node, args, *_):
+    if args[0] is None:
+        raise InputError(f"{node_label(node)}: the optional is empty")
+    return [args[0]]
+
+
+HostOp = Callable[..., list[Any]]
+HOST_OPS: dict[str, HostOp] = {
+    "If": _if,
+    "Loop": _loop,
+    "Scan": _scan,
+    "SequenceMap": _sequence_map,
+    "Identity": lambda node, args, *_: [args[0]],
+    "SequenceEmpty": lambda node, args, *_: [[]],
+    "SequenceConstruct": lambda node, args, *_: [[np.asarray(a) for a in args]],
+    "SequenceInsert": _sequence_insert,
+    "SequenceAt": _sequence_at,
+    "SequenceErase": _sequence_erase,
+    "SequenceLength": lambda node, args, *_: [np.array(len(args[0]), np.int64)],
+    "ConcatFromSequence": _concat_from_sequence,
+    "SplitToSequence": _split_to_sequence,
+    "Optional": lambda node, args, *_: [args[0] if args else None],
+    "OptionalHasElement": lambda node, args, *_: [np.array(bool(args) and args[0] is not None)],
+    "OptionalGetElement": _optional_get,
+}
