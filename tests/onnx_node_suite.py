@@ -18,8 +18,8 @@ from onnx import numpy_helper
 from onnx.backend.test.runner import Runner
 
 # Cases ember does not pass, each with its reason (the README's table lists them by op).
-# Every case onnxruntime passes is passed except test_scan_sum and the float16 attention
-# case below; the others onnxruntime fails too.
+# Every case onnxruntime passes is passed except the float16 attention case below; the
+# others onnxruntime fails too.
 _REASONS: dict[str, tuple[str, ...]] = {
     "training-only: optimizer steps of the ai.onnx.preview.training domain update weights; "
     "ember compiles inference": (
@@ -54,9 +54,6 @@ _REASONS: dict[str, tuple[str, ...]] = {
             "_double", "_causal_mask", "_soft_cap", "_relative_positional")),
     "onnx's runner cannot compare 0-d arrays inside a sequence (it calls len() on them); "
     "ember's values match item by item": ("test_loop16_seq_none",),
-    "opset-8 Scan with its batch axis: models below opset 13 go through onnx's version "
-    "converter, which rewrites this Scan without the batch axis the test data has": (
-        "test_scan_sum",),
     "float16 Softmax is computed in float32 and rounded once; the expected values round each "
     "step in float16, one half-precision step away at 0.5 (relative 1.2e-3 against rtol "
     "1e-3)": ("test_attention_4d_causal_fp16_expanded",),

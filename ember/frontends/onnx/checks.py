@@ -15,7 +15,8 @@ import onnx
 
 from ember.errors import ModelLoadError, UnsupportedOpError
 
-__all__ = ["DEFAULT_DOMAINS", "MAX_OPSET", "REVIEWED_OPSET", "check_model", "check_text",
+__all__ = ["DEFAULT_DOMAINS", "LEGACY_DOMAIN", "MAX_OPSET", "REVIEWED_OPSET", "check_model",
+           "check_text",
            "check_opsets", "check_ops", "check_acyclic", "node_label", "default_opset",
            "op_key"]
 
@@ -33,6 +34,13 @@ def node_label(node: onnx.NodeProto) -> str:
     """How messages name a node: its op type and its name (its first output when unnamed)."""
     name = node.name or (node.output[0] if node.output else "")
     return f"{node.op_type} {name!r}"
+
+
+# onnx's version converter rewrites an opset-8 Scan (batch axis first, scan axis 1) as an
+# opset-9 Scan without that axis, changing the model's declared inputs; the loader sends
+# such nodes through the conversion under this domain, and they are converted with their
+# own semantics (frontends/onnx/control_flow.py).
+LEGACY_DOMAIN = "ember.legacy"
 
 
 def op_key(op_type: str, domain: str = "") -> str:

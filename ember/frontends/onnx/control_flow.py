@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ember.errors import DataDependentError, EmberError
+from ember.errors import DataDependentError, EmberError, UnsupportedOpError
+from ember.frontends.onnx.checks import LEGACY_DOMAIN
 from ember.frontends.onnx.importer import ImportContext, convert_node, onnx_op
 from ember.ir import Graph, Value
 from ember.ir.ops.common import normalize_axis
@@ -246,6 +247,44 @@ def _scan(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
         stacked = [_stack(ctx, values[::-1] if reverse else values, axis)
                    for values, axis, reverse in zip(collected, out_axes, out_reverse)]
         return list(states) + stacked
+
+
+@onnx_op("Scan8", domain=LEGACY_DOMAIN)
+def _scan_opset8(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
+    """Scan of opset 8 (kept through the version converter by the loader): sequence_lens
+    first, then states and scan inputs with a batch axis first and the scan axis second.
+    Each batch entry is an opset-9 Scan over its slices, unrolled; the results are stacked
+    on the batch axis."""
+    scanned = int(ctx.attr(node, "num_scan_inputs"))
+    values = [ctx.input(node, i) for i in range(1, len(node.input))]
+    scans = values[len(values) - scanned:]
+    batch, length = ctx.type_of(scans[0]).shape[:2]
+    lengths = _scalar(ctx, node, 0)
+    if lengths is not None and np.any(np.asarray(lengths) != length):
+        raise UnsupportedOpError(f"{ctx.where}: sequence_lens {np.asarray(lengths).tolist()} "
+                                 f"shorter than the scan axis ({length}) are not supported")
+    directions = list(ctx.attr(node, "directions", [0] * scanned))
+    label = _label(node)
+    per_entry: list[list[Value]] = []
+    for b in range(batch):
+        names = []
+        for index, value in enumerate(values):
+            shape = ctx.type_of(value).shape
+            piece = ctx.add("Slice", [value], {"starts": (b,), "ends": (b + 1,), "axes": (0,),
+                                               "steps": (1,)})
+            name = f"{label}/batch{b}/in{index}"
+            ctx.values[name] = ctx.add("Reshape", [piece], {"shape": tuple(shape[1:])})
+            names.append(name)
+        entry = onnx.helper.make_node(
+            "Scan", names, [f"{label}/batch{b}/out{i}" for i in range(len(node.output))],
+            name=f"{label}/batch{b}", body=ctx.attr(node, "body"), num_scan_inputs=scanned,
+            scan_input_directions=directions)
+        try:
+            per_entry.append(_scan(ctx, entry))
+        except DataDependentError as exc:
+            raise UnsupportedOpError(f"{ctx.where}: an opset-8 Scan runs unrolled only "
+                                     f"({exc})") from exc
+    return [_stack(ctx, list(outputs), 0) for outputs in zip(*per_entry)]
 
 
 @onnx_op(*SEQUENCE_OPS, *OPTIONAL_OPS)

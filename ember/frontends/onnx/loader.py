@@ -16,10 +16,10 @@ import onnx
 from onnx import version_converter
 
 from ember.errors import ModelLoadError
-from ember.frontends.onnx.checks import MAX_OPSET, check_model, default_opset
+from ember.frontends.onnx.checks import LEGACY_DOMAIN, MAX_OPSET, check_model, default_opset
 from ember.frontends.onnx.importer import CONVERTERS  # filled by the package's converters
 
-__all__ = ["load_model", "MIN_OPSET", "MAX_OPSET", "model_opset"]
+__all__ = ["load_model", "LEGACY_DOMAIN", "MIN_OPSET", "MAX_OPSET", "model_opset"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
         log.debug("onnx checker could not run on %s: %s", where, exc)
     opset = model_opset(proto)
     if 0 < opset < MIN_OPSET:  # 0: only other domains (ai.onnx.ml), nothing to convert
+        if opset < 9:
+            proto = _keep_opset8_scans(proto)
         try:
             proto = version_converter.convert_version(proto, MIN_OPSET)
         except Exception as exc:  # noqa: BLE001
@@ -69,3 +71,17 @@ def load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.Model
                 f"{where} uses opset {opset}; converting it to opset {MIN_OPSET} failed: {exc}"
             ) from None
     return proto
+
+
+def _keep_opset8_scans(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose top-level Scan nodes are `LEGACY_DOMAIN.Scan8` (the same inputs,
+    outputs and attributes), which the version converter passes through unchanged."""
+    if not any(n.op_type == "Scan" and n.domain in ("", "ai.onnx") for n in proto.graph.node):
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for node in copy.graph.node:
+        if node.op_type == "Scan" and node.domain in ("", "ai.onnx"):
+            node.op_type, node.domain = "Scan8", LEGACY_DOMAIN
+    copy.opset_import.append(onnx.helper.make_opsetid(LEGACY_DOMAIN, 1))
+    return copy
