@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run from a checkout without installing ember
 
 import ember  # noqa: E402
-from ember.runtime.device import resolve_target  # noqa: E402
+from ember.runtime.device import resolve_target
 
 __all__ = ["Case", "CASES", "Result", "run_case", "main"]
 

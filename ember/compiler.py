@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from ember.runtime.plan import (
     DEVICE, HOST, ExecutionPlan, PackedConstants, build_plan, node_spec,
 )
 from ember.profile import Profile, check_counts, measure
-from ember.staged import StagedModel
+from ember.staged import SegmentSource, StagedModel
 from ember.summary import ModelStats, format_summary, model_stats
 from ember.runtime.resources import (
     check_buffers,
@@ -82,7 +82,8 @@ class CompiledModel:
     output read); each caller gets its own result arrays. Models do not share buffers, so
     threads calling different models run side by side."""
 
-    def __init__(self, source: onnx.ModelProto | Graph, device: OpenCLDevice | None,
+    def __init__(self, source: onnx.ModelProto | Graph | SegmentSource,
+                 device: OpenCLDevice | None,
                  opt_level: int, strict: bool, tune: bool | TuneBudget, verify_passes: bool,
                  record_ir: bool = False, plan_memory: bool | None = None,
                  cache: bool | str | os.PathLike | BinaryCache | None = True) -> None:
@@ -105,6 +106,9 @@ class CompiledModel:
                 )
             }
             self.output_names = [name for name, _ in source.outputs]
+        elif isinstance(source, SegmentSource):  # a staged model's segment, at any size
+            self._signature = dict(source.signature)
+            self.output_names = list(source.output_names)
         else:
             self._signature = input_signature(source)
             self.output_names = [o.name for o in source.graph.output]
@@ -114,6 +118,8 @@ class CompiledModel:
         self._imported = False  # the ONNX model's checks have run
         self._initializers: dict[str, np.ndarray] = {}  # its initializers, read once
         self._initializer_ids: set[int] = set()
+        if isinstance(source, SegmentSource):
+            self._initializer_ids = {id(array) for array in source.weights}
         self._generic: GenericPlans | None = None  # generic kernels over its free dims
         self.generic_kernels = True  # compile(generic_kernels=): see there
         # the weights, packed and on the device once for all input shapes
@@ -214,18 +220,21 @@ class CompiledModel:
                                        initializers=self._initializers)
             return None
 
-    def _compile_segment(self, graph: Graph) -> CompiledModel:
-        """A staged model's segment (or branch, or loop body) compiled like a model, with
-        this model's settings; its shapes are all known, so it compiles now."""
-        segment = CompiledModel(graph, self.device, self.opt_level, self.strict, False,
+    def _compile_segment(self, source: SegmentSource) -> CompiledModel:
+        """A staged model's segment (or branch, or loop body) as a model of its own, with
+        this model's settings; it compiles for each size at its first call, on generic
+        kernels over its free dims."""
+        segment = CompiledModel(source, self.device, self.opt_level, self.strict, False,
                                 self._verify, self._record_ir, self.plan_memory,
                                 cache=self.cache)
-        segment._specialize(None)
+        segment.generic_kernels = self.generic_kernels
         return segment
 
     def _import(self, shapes: Mapping[str, Sequence[int]]) -> Graph:
         """The ONNX model as a Graph for these input shapes; the model's checks and its
         initializers' arrays are done once and reused for every later shape."""
+        if isinstance(self._source, SegmentSource):
+            return self._source.graph_at(shapes)
         assert not isinstance(self._source, Graph)
         graph = import_graph(self._source, input_shapes=shapes, checked=self._imported,
                              arrays=self._initializers)
@@ -489,7 +498,7 @@ class CompiledModel:
         """One line: name, target, opt level, the signature, and how many input shapes
         have been compiled (nothing is compiled to answer)."""
         source = self._source
-        name = source.name if isinstance(source, Graph) else source.graph.name
+        name = source.name if isinstance(source, (Graph, SegmentSource)) else source.graph.name
         where = NUMPY if self.device is None else (f"{self.device.info.target} "
                                                   f"{self.device.info.traits.name}")
         inputs = ", ".join(_signature_text(n, dims, dtype)
@@ -507,6 +516,8 @@ class CompiledModel:
             value = dict(self._source.outputs)[name]
             graph_type = self._source.type_of(value)
             return graph_type.shape, graph_type.dtype
+        if isinstance(self._source, SegmentSource):  # its outputs' sizes follow its inputs'
+            return None, None
         info = next(o for o in self._source.graph.output if o.name == name)
         try:
             return value_info_type(info)
@@ -527,6 +538,19 @@ def _generic_note(generalized: Generalized | None) -> str:
     note = (f"; {generalized.generic_launches} of {generalized.launches} launches on "
             f"generic kernels")
     return note + (" (sampled other sizes)" if generalized.sampled else "")
+
+
+def segment_compiler(target: str | None = None) -> Callable[[SegmentSource], CompiledModel]:
+    """What compiles a staged model's segments for `target` with compile()'s defaults (for
+    a StagedModel made outside a CompiledModel: the ONNX backend's)."""
+    with driver_failures(f"opening the target {target or 'default'!s}"):
+        device = with_threads(resolve_target(target), None)
+
+    def compile_segment(source: SegmentSource) -> CompiledModel:
+        return CompiledModel(source, device, opt_level=2, strict=False, tune=False,
+                             verify_passes=False)
+
+    return compile_segment
 
 
 def compile(  # noqa: A001 - the public name of the API

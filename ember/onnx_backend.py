@@ -20,7 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 from onnx.backend.base import Backend, BackendRep, namedtupledict
 
-from ember.compiler import CompiledModel, compile
+from ember.compiler import CompiledModel, compile, segment_compiler
 from ember.errors import (
     DataDependentError,
     DeviceError,
@@ -106,9 +106,7 @@ class EmberRep(BackendRep):
             self._staged = self._staging()
 
     def _staging(self) -> StagedModel:
-        target = self.target
-        return StagedModel(self.model, lambda graph: compile(graph, target=target),
-                           freeze_inputs=True)
+        return StagedModel(self.model, segment_compiler(self.target), freeze_inputs=True)
 
     def _compile_for(self, feeds: dict[str, np.ndarray]) -> tuple[CompiledModel, frozenset[str]]:
         key = tuple((n, a.shape, str(a.dtype)) for n, a in feeds.items())

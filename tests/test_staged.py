@@ -15,7 +15,9 @@ from onnx import helper as h
 
 import ember
 from ember.errors import InputError, UnsupportedOpError
+from ember.ir import DType
 from ember.onnx_backend import EmberBackend
+from ember.runtime import opencl
 from tests.harness import assert_close
 
 F = T.FLOAT
@@ -68,6 +70,45 @@ def test_a_data_dependent_node_splits_the_model(any_target):
         compiled.save("unused.ember")
 
 
+def _positions_model() -> onnx.ModelProto:
+    """NonZero -> Transpose -> Add: after the host node, a segment whose only size that
+    varies is the count NonZero finds."""
+    nodes = [h.make_node("Relu", ["x"], ["r"]), h.make_node("NonZero", ["r"], ["nz"]),
+             h.make_node("Transpose", ["nz"], ["t"]),
+             h.make_node("Cast", ["t"], ["tf"], to=F),
+             h.make_node("Add", ["tf", "bias"], ["y"])]
+    bias = onnx.numpy_helper.from_array(np.array([0.5, -1.5], np.float32), "bias")
+    return _model(nodes, [h.make_tensor_value_info("x", F, [8, 8])],
+                  [h.make_tensor_value_info("y", F, [None, 2])], [bias])
+
+
+def _with_positives(count: int) -> np.ndarray:
+    x = -np.ones(64, np.float32)
+    x[np.random.default_rng(count).permutation(64)[:count]] = 2
+    return x.reshape(8, 8)
+
+
+def test_new_counts_reuse_the_programs_built_for_earlier_ones(opencl_target):
+    """Once two counts showed which size varies, the segment after NonZero is one model
+    with that size free: a new count is planned on its generic kernels, no program built."""
+    model = _positions_model()
+    compiled = ember.compile(model, target=opencl_target)
+    for count in (20, 27):
+        _compare(model, compiled(x=_with_positives(count)), {"x": _with_positives(count)})
+    programs = len(opencl._PROGRAMS)
+    for count in (9, 40, 0, 64, 33):
+        x = _with_positives(count)
+        _compare(model, compiled(x=x), {"x": x})
+    assert len(opencl._PROGRAMS) == programs
+    (plan,) = compiled.staged.root.plans.values()
+    (segment,) = plan.rest.segments.values()  # one model for every count
+    assert segment.signature == {"nz": ((2, "nz.1"), DType.INT64)}
+    launches = [launch for step in segment.model.plan.steps if step.lowered is not None
+                for launch in step.lowered.launches]
+    assert launches and all(launch.kernel.scalar_types for launch in launches)
+    assert compiled.staged.compilations == 1 + 7  # the first segment, and each count planned
+
+
 def _if_on_values() -> onnx.ModelProto:
     """y = x * w when sum(x) > 0, else x - w (w an initializer, x captured by the branches)."""
     then = h.make_graph([h.make_node("Mul", ["x", "w"], ["t"])], "then", [],
@@ -92,6 +133,29 @@ def test_an_if_on_computed_values_runs_the_taken_branch(any_target):
     for feed in (x, -x):
         _compare(model, compiled(x=feed), {"x": feed})
     assert compiled.staged.host_nodes() == ["If 'y0'"]
+
+
+def test_a_value_frozen_into_a_branch_stays_part_of_its_key(any_target):
+    """The taken branch reshapes x to a shape given as an input: the branch is compiled
+    with that shape's value frozen in, so another value is another model."""
+    then = h.make_graph([h.make_node("Reshape", ["x", "shape"], ["t"])], "then", [],
+                        [h.make_tensor_value_info("t", F, [None, None])])
+    other = h.make_graph([h.make_node("Neg", ["x"], ["n"]),
+                          h.make_node("Reshape", ["n", "shape"], ["e"])], "else", [],
+                         [h.make_tensor_value_info("e", F, [None, None])])
+    nodes = [h.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             h.make_node("Greater", ["s", "zero"], ["c"]),
+             h.make_node("If", ["c"], ["y"], then_branch=then, else_branch=other)]
+    model = _model(nodes, [h.make_tensor_value_info("x", F, [6]),
+                           h.make_tensor_value_info("shape", T.INT64, [2])],
+                   [h.make_tensor_value_info("y", F, [None, None])],
+                   [onnx.numpy_helper.from_array(np.array(0, np.float32), "zero")])
+    compiled = ember.compile(model, target=any_target)
+    x = np.arange(6, dtype=np.float32) - 1
+    for feed, shape in ((x, (2, 3)), (x, (3, 2)), (-x, (3, 2)), (x, (6, 1)), (x, (2, 3))):
+        feeds = {"x": feed, "shape": np.array(shape, np.int64)}
+        _compare(model, compiled(**feeds), feeds)
+        assert compiled(**feeds)["y"].shape == shape
 
 
 def _loop_with_computed_trips() -> onnx.ModelProto:

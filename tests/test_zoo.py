@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,6 +44,7 @@ import pytest
 
 import ember
 from ember.ir.graph import DEVICE, HOST
+from ember.runtime import opencl
 from tests.harness import relative_l2
 
 ZOO = Path(__file__).resolve().parent.parent / "examples" / "models" / "zoo"
@@ -171,6 +173,36 @@ def test_llama_generation_steps_match_onnxruntime(name: str, any_target: str) ->
     whole = onnxruntime_outputs(path, llama_feeds(tokens, empty_cache()))["logits"]
     error = relative_l2(np.concatenate(step_logits, axis=1), whole)
     assert error <= REL_L2, f"{name}: cached steps differ from one pass: relative L2 {error:.3g}"
+
+
+def test_a_step_at_a_new_cache_length_only_plans(opencl_target: str, caplog) -> None:
+    """After a prefill and one step, a step at each new cache length (a new input shape)
+    runs every launch on the model's generic kernels, samples no other sizes and builds no
+    program: the attention kernel, whose key count and strides follow the cache length but
+    whose row count follows the new tokens, must get a generic form over the cache length
+    although samples over the token count give it none."""
+    path = zoo_path("llama_decoder")
+    tokens = np.random.default_rng(6).integers(0, LLAMA_VOCAB, (1, PROMPT + 4), dtype=np.int64)
+    model = ember.compile(path, target=opencl_target)
+    cache = empty_cache()
+    for chunk in (tokens[:, :PROMPT], tokens[:, PROMPT:PROMPT + 1]):  # the warm-up
+        cache = {k: v for k, v in model(**llama_feeds(chunk, cache)).items()
+                 if k.startswith("present.")}
+    programs = len(opencl._PROGRAMS)
+    for t in range(PROMPT + 1, PROMPT + 4):  # cache lengths 6, 7 and 8 (a full key block)
+        feeds = llama_feeds(tokens[:, t:t + 1], cache)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="ember.compiler"):
+            outputs = model(**feeds)
+        notes = [r.getMessage() for r in caplog.records if "specialized" in r.getMessage()]
+        assert len(notes) == 1 and "sampled" not in notes[0], notes
+        shared = {k.name for k in model.plan.shared_kernels}
+        own = [f"{s.op} {s.name!r}" for s in model.plan.steps if s.lowered is not None
+               for launch in s.lowered.launches if launch.kernel.name not in shared]
+        assert not own, f"cache length {t}: launches without a generic kernel: {own}"
+        assert len(opencl._PROGRAMS) == programs, f"cache length {t} built a program"
+        cache = {k: v for k, v in outputs.items() if k.startswith("present.")}
+    compare(outputs, onnxruntime_outputs(path, feeds), f"llama_decoder on {opencl_target}")
 
 
 # -- MiniLM sentence embedder shipped as a pip package -------------------------------------

@@ -427,6 +427,16 @@ class GenericKernels:
         return sorted((g.kernel for found in self._by_skeleton.values() for g in found),
                       key=lambda k: k.name)
 
+    def skeletons(self) -> list[str]:
+        """The skeletons that have generic kernels, sorted: loading them all (`load`) in a
+        later process starts it on the program this one ended with."""
+        return sorted(s for s, found in self._by_skeleton.items() if found)
+
+    def load(self, skeletons: Sequence[str]) -> None:
+        """Look these skeletons up in the store now, not when a kernel of theirs comes."""
+        for skeleton in skeletons:
+            self._load(skeleton)
+
     def add(self, generic: GenericKernel) -> bool:
         self._load(generic.skeleton)
         found = self._by_skeleton.setdefault(generic.skeleton, [])

@@ -111,9 +111,10 @@ class Graph:
 
     def inputs_of(self, node: int) -> list[Value]:
         """The values feeding `node`, ordered by input port."""
+        # the adjacency itself, not an edge view: this is the IR's most frequent question
         edges = sorted(
             (data["in"], Value(u, data["out"]))
-            for u, _, data in self.nx.in_edges(node, data=True)
+            for u, keyed in self.nx.pred[node].items() for data in keyed.values()
         )
         return [value for _, value in edges]
 
@@ -123,7 +124,7 @@ class Graph:
     def users_of(self, value: Value) -> list[Use]:
         return sorted(
             Use(v, data["in"])
-            for _, v, data in self.nx.out_edges(value.node, data=True)
+            for v, keyed in self.nx.succ[value.node].items() for data in keyed.values()
             if data["out"] == value.port
         )
 

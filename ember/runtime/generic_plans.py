@@ -9,6 +9,12 @@ kernel arguments. A plan for any later shape then launches those kernels with th
 shape's values, from the one program that holds them all; a kernel no generic kernel
 answers (its source takes another form at that size) is built for that shape alone, and
 the samples are taken again around it, so the next shape of its kind is answered too.
+
+The shared program holds every generic kernel found so far, so it grows as shapes bring
+new kernel forms (a prefill, then single-token steps). The skeletons it ended with are
+kept by the forms of the first plan's kernels (`DiskStore.load_set`): a later process
+loads them all before its first shape, and starts on the program built last time rather
+than on a subset no process built.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ember.codegen.generic import (
-    GenericKernel, GenericKernels, GenericStore, from_json, generalize, to_json,
+    GenericKernel, GenericKernels, from_json, generalize, kernel_form, to_json,
 )
 from ember.codegen.types import Kernel
 from ember.paths import write_file_atomic
@@ -42,6 +48,7 @@ Dims = tuple[int | str | None, ...]
 SAMPLE_STEPS = ((32, 64, -32, -64, 96, -96), (1, -1, 2, -2, 3))
 _SAMPLES_PER_DIM = 2
 STORE_FORMAT = 1  # DiskStore's files; another format is not read
+SET_SUFFIX = ".set"  # DiskStore's lists of skeletons (not kernel forms: not .json)
 # work-items per group of a padded grid: a wavefront's worth on GPUs; on CPUs, where a
 # group runs as one loop on one core, enough to make the group's overhead small
 PADDED_GROUP = {"gpu": 64, "cpu": 256}
@@ -63,13 +70,30 @@ class GenericPlans:
 
     def __init__(self, signature: Mapping[str, Dims],
                  plan_at: Callable[[Shapes], ExecutionPlan | None], gpu: bool,
-                 store: GenericStore | None = None) -> None:
+                 store: DiskStore | None = None) -> None:
         self._signature = dict(signature)
         self._group = PADDED_GROUP["gpu" if gpu else "cpu"]
         self._plan_at = plan_at
+        self._store = store
         self.kernels = GenericKernels(store)
+        self._set_key: str | None = None  # by the forms of the first plan's kernels
+        self._saved_set: list[str] = []
 
     def apply(self, plan: ExecutionPlan, shapes: Mapping[str, Sequence[int]]) -> Generalized:
+        if self._store is not None and self._set_key is None:
+            self._set_key = _forms_key(plan)
+            self._saved_set = self._store.load_set(self._set_key)
+            self.kernels.load(self._saved_set)
+        try:
+            return self._apply(plan, shapes)
+        finally:
+            if self._store is not None and self._set_key is not None:
+                skeletons = self.kernels.skeletons()
+                if skeletons != self._saved_set:
+                    self._store.save_set(self._set_key, skeletons)
+                    self._saved_set = skeletons
+
+    def _apply(self, plan: ExecutionPlan, shapes: Mapping[str, Sequence[int]]) -> Generalized:
         rewritten, missing = self._rewrite(plan)
         sampled = False
         if any(not self.kernels.was_tried(k) for k in missing.values()):
@@ -125,7 +149,7 @@ class GenericPlans:
                     del left[key]
                     continue
                 found = [s[key] for s in samples if key in s]
-                generic = generalize([kernel, *found]) if found else None
+                generic = _generalize_most(kernel, found)
                 if generic is not None:
                     self.kernels.add(generic)
                     del left[key]
@@ -157,6 +181,31 @@ class GenericPlans:
                     plans.append(plan)
                     found += 1
         return plans
+
+
+def _forms_key(plan: ExecutionPlan) -> str:
+    """A name for the kernel forms of `plan` (its kernels' skeletons, sizes left out): the
+    same model's first shape gives the same name in every process."""
+    skeletons = sorted({kernel_form(k).skeleton for k in plan.kernels()})
+    return hashlib.sha256("\0".join(skeletons).encode()).hexdigest()[:40]
+
+
+def _generalize_most(kernel: Kernel, samples: Sequence[Kernel]) -> GenericKernel | None:
+    """The generic kernel of `kernel` and as many of `samples` as allow one. A sample that
+    moved a dim the kernel cannot take at run time (a query length that sets an array
+    bound, say) must not cost the dims it can take (the key length of the same attention
+    kernel): when all of them together have no generic form, the samples are added one at
+    a time and those that leave none are left out."""
+    if not samples:
+        return None
+    generic = generalize([kernel, *samples])
+    if generic is not None:
+        return generic
+    kept = [kernel]
+    for sample in samples:
+        if generalize([*kept, sample]) is not None:
+            kept.append(sample)
+    return generalize(kept) if len(kept) > 1 else None
 
 
 def _padded_group(global_size: Sequence[int], group: int) -> tuple[int, ...]:
@@ -219,6 +268,26 @@ class DiskStore:
                 log.debug("generic kernels in %s not used: %s", self._path(skeleton), exc)
             return [], set()
         return [k for k in kernels if k is not None], tried
+
+    def load_set(self, key: str) -> list[str]:
+        """The skeletons `save_set` kept under `key` (none when there is no readable file):
+        skeletons only, so a stale list can at most load kernels that go unused."""
+        try:
+            data = json.loads((self.root / f"{key}{SET_SUFFIX}").read_text())
+            if data.get("format") != STORE_FORMAT:
+                return []
+            return sorted(str(s) for s in data["skeletons"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return []
+
+    def save_set(self, key: str, skeletons: list[str]) -> None:
+        data = {"format": STORE_FORMAT, "skeletons": skeletons}
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_file_atomic(self.root / f"{key}{SET_SUFFIX}", json.dumps(data).encode(),
+                              durable=False)
+        except OSError as exc:
+            log.debug("could not keep the generic kernels' skeletons in %s: %s", self.root, exc)
 
     def save(self, skeleton: str, kernels: list[GenericKernel], tried: set[str]) -> None:
         data = {"format": STORE_FORMAT, "kernels": [to_json(k) for k in kernels],
