@@ -132,6 +132,32 @@ def test_new_sizes_reuse_the_program_built_once(opencl_target, dynamic_models, c
     assert len(opencl._PROGRAMS) - programs <= 2
 
 
+def test_a_mean_over_a_free_dim_runs_on_generic_kernels(opencl_target, caplog):
+    """ReduceMean divides by the reduced count: that count is a kernel argument too, so a
+    new length runs every launch on the generic kernels and builds nothing."""
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
+         helper.make_node("Sub", ["x", "m"], ["y"])], "centered",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, "n"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    compiled = ember.compile(model, target=opencl_target)
+    for n in (40, 77):  # the first lengths teach the generic kernels
+        compiled(x=np.ones((3, n), np.float32))
+    programs = len(opencl._PROGRAMS)
+    for n in (130, 301):
+        x = np.random.default_rng(n).standard_normal((3, n)).astype(np.float32)
+        with caplog.at_level(logging.INFO, logger="ember.compiler"):
+            y = compiled(x=x)["y"]
+        # a mean of n float32 terms, |x| <= 5: the sum's bound
+        assert_close(y, x - x.mean(axis=1, keepdims=True), f"y at n={n}",
+                     (1e-5, 1e-5 + n * 2.0**-24 * 5))
+        launches = [launch for step in compiled.plan.steps if step.lowered is not None
+                    for launch in step.lowered.launches]
+        assert launches and all(launch.kernel.scalar_types for launch in launches)
+    assert len(opencl._PROGRAMS) == programs
+
+
 @settings(max_examples=12, deadline=None)
 @given(n=st.integers(1, 200))
 def test_any_size_matches_the_reference(opencl_target, dynamic_models, n):

@@ -211,16 +211,18 @@ def _combine_expr(combine: str, dtype: DType) -> str:
 
 def _post_expr(kind: ReduceKind, dtype: DType, acc: str, count: int, name: str
                ) -> tuple[str, str]:
-    """(C expression of POST(a), helper function source or "")."""
+    """(C expression of POST(a), helper function source or ""). A mean divides by the
+    template's DIVISOR macro (the reduced count, an integer literal), so that a kernel over
+    another count is the same kernel with another value there (codegen/generic.py)."""
     ctype = compute_type(dtype)
     if kind.post == "mean":
         if dtype.is_float:
-            return f"(a) / {float_literal(float(count), acc)}", ""
+            return f"(a) / ({acc})DIVISOR", ""
         if count == 0:
             return f"({ctype})0", ""
         if dtype.is_signed:
-            return f"({ctype})((long)({ctype})(a) / {count}L)", ""
-        return f"({ctype})((ulong)(a) / {count}UL)", ""
+            return f"({ctype})((long)({ctype})(a) / (long)DIVISOR)", ""
+        return f"({ctype})((ulong)(a) / (ulong)DIVISOR)", ""
     if kind.post == "log":
         return "log(a)", ""
     if kind.post == "sqrt":
@@ -313,6 +315,7 @@ def render_reduce(op: str, dtype: DType, layout: ReduceLayout, params: ReducePar
         out_ptr=acc if split > 1 else dtype.cl_name,
         load=_load(kind, dtype, acc), vload=_vload(dtype, vec, vload_at), pre=_pre_expr(kind, dtype),
         post="a" if split > 1 else post, helper="" if split > 1 else helper, store=store,
+        divisor=layout.count,
         tree_steps=_tree_steps(params.group),
         idx=index_type(units * params.group * vec, math.prod((layout.count, layout.outputs))),
         **common,
@@ -329,6 +332,7 @@ def render_reduce(op: str, dtype: DType, layout: ReduceLayout, params: ReducePar
             count=split, group=1, split=1, vec=1, vec_axis="none", units=layout.outputs,
             in_ptr=acc, out_ptr=dtype.cl_name, load="in[off]", vload="", pre="x", post=post2,
             helper=helper2, store=store_stmt(dtype, "out", "o", f"({ctype})POST(acc)"),
+            divisor=layout.count,
             tree_steps=[], idx=index_type(layout.outputs * split), **{**common, "lanes": []},
         )
         launches.append(_launch(Kernel(name2, second, extensions), layout.outputs, 1,
