@@ -4,7 +4,10 @@ is its channels' planes, scale and bias indexed by the channel), and the LRN ker
 (`lrn.cl.j2`).
 
 The row view comes from the IR (`softmax_rows`, `layer_norm_rows`), LOCAL from
-`row_params_for` (tuned, else `choose_row_params`). Sums accumulate in float (double for float64 tensors or a float64
+`row_params_for` (tuned, else `choose_row_params`). On CPU families softmax calls
+ember_exp, Softmax keeps exp(x - max) in y between its passes where y holds it exactly (not
+in half storage), and a contiguous float row (INNER == 1) is walked in vectors of a
+register's width. Sums accumulate in float (double for float64 tensors or a float64
 stash_type); half tensors are stored as half.
 """
 
@@ -15,7 +18,8 @@ import math
 from ember.codegen.csrc import (
     broadcast_strides, extensions_for, float_literal, index_type, int_literal,
 )
-from ember.codegen.families import Target
+from ember.codegen.families import Target, vector_unit
+from ember.codegen.mathlib import HELPER_WIDTHS
 from ember.codegen.types import IN, OUT, Kernel, Launch, Lowered, NodeSpec
 from ember.codegen.registry import kernel_builder
 from ember.codegen.render import kernel_name, render
@@ -41,6 +45,14 @@ def _params(spec: NodeSpec, rows: int, n: int, inner: int, target: Target, acc: 
     return params, lookup
 
 
+def _softmax_vector_width(target: Target) -> int:
+    """Lanes of the vectors a CPU softmax walks its row in: one vector register (from
+    `vector_unit`), at most the widest ember_exp; 8 where the device does not say."""
+    unit = vector_unit(target.traits)
+    lanes = max(HELPER_WIDTHS) if unit is None else unit.lanes
+    return max(w for w in HELPER_WIDTHS if w <= lanes)
+
+
 @kernel_builder("Softmax", "LogSoftmax")
 def build_softmax(spec: NodeSpec, target: Target,
                   params: RowParams | None = None) -> Lowered | None:
@@ -51,21 +63,31 @@ def build_softmax(spec: NodeSpec, target: Target,
         return Lowered(())
     acc = accumulator(x.dtype)
     params, lookup = _params(spec, rows, n, inner, target, acc, params)
-    name = kernel_name("softmax", spec, params)
+    log = spec.op == "LogSoftmax"
+    cpu = target.family.register_tiles
+    vec = _softmax_vector_width(target) if cpu and inner == 1 and acc == "float" else 1
+    # exp(x - max) kept in y by the sum pass where y holds it exactly (not in half storage)
+    exp_once = cpu and not log and x.dtype.cl_name == acc
+    name = kernel_name("softmax", spec, params, vec, exp_once)
     source = render(
         "softmax.cl.j2",
         name=name,
         label=spec.op,
-        log=spec.op == "LogSoftmax",
+        log=log,
         nrows=rows,
         n=n,
         inner=inner,
         local=params.local,
         steps=params.steps,
+        vec=vec,
+        exp_once=exp_once,
+        half=x.dtype is DType.FLOAT16,
+        exp="ember_exp" if cpu and acc == "float" else "exp",
         idx=index_type(x.size, rows * params.local),
         ptr=x.dtype.cl_name,
         acc=acc,
         load=loader(x.dtype, "x"),
+        load_y=loader(x.dtype, "y"),
         store=storer(x.dtype, "y"),
         lit=int_literal,
     )
