@@ -32,9 +32,11 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ember.errors import (
+    DTypeError,
     EmberError,
     InputError,
     NonConstantInputError,
+    ShapeError,
     UnsupportedOpError,
 )
 from ember.frontends.onnx.checks import default_opset, node_label
@@ -488,10 +490,55 @@ def _attr(node: onnx.NodeProto, name: str, default: Any = None) -> Any:
 
 
 def _truth(value: Any, what: str) -> bool:
+    if value is None or isinstance(value, list):
+        raise InputError(f"{what} must be a tensor, got {_kind(value)}")
     array = np.asarray(value)
     if array.size != 1:
         raise EmberError(f"{what} must hold one value, got shape {array.shape}")
     return bool(array.reshape(-1)[0])
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (an empty optional)"
+    if isinstance(value, list):
+        return f"a sequence of {len(value)}"
+    array = np.asarray(value)
+    return f"a tensor {list(array.shape)} {array.dtype}"
+
+
+def _sequence_arg(node: onnx.NodeProto, args: list[Any], index: int) -> list[np.ndarray]:
+    """Input `index` of a sequence op, which must be a sequence (a host list)."""
+    value = args[index] if index < len(args) else None
+    if not isinstance(value, list):
+        raise InputError(f"{node_label(node)}: input {index} must be a sequence, got "
+                         f"{_kind(value)}")
+    return value
+
+
+def _tensor_arg(node: onnx.NodeProto, args: list[Any], index: int) -> np.ndarray:
+    """Input `index` of a host node, which must be a tensor."""
+    value = args[index] if index < len(args) else None
+    if value is None or isinstance(value, list):
+        raise InputError(f"{node_label(node)}: input {index} must be a tensor, got "
+                         f"{_kind(value)}")
+    return np.asarray(value)
+
+
+def _integer_scalar(node: onnx.NodeProto, args: list[Any], index: int, what: str) -> int:
+    array = _tensor_arg(node, args, index)
+    if array.size != 1 or array.dtype.kind not in "iu":
+        raise InputError(f"{node_label(node)}: {what} must be one integer, got "
+                         f"{_kind(array)}")
+    return int(array.reshape(-1)[0])
+
+
+def _same_dtype(node: onnx.NodeProto, items: Sequence[np.ndarray]) -> None:
+    """A sequence holds tensors of one element type."""
+    dtypes = sorted({str(a.dtype) for a in items})
+    if len(dtypes) > 1:
+        raise DTypeError(f"{node_label(node)}: a sequence holds one element type, got "
+                         f"{dtypes}")
 
 
 def _if(node, args, runtime, values):
@@ -510,13 +557,41 @@ def _empty_like_output(info: onnx.ValueInfoProto) -> np.ndarray:
     return np.zeros((0, *dims) if None not in dims else (0,), dtype=dtype)
 
 
+def _stacked(node: onnx.NodeProto, items: list[Any], axis: int, what: str) -> np.ndarray:
+    """Per-iteration values stacked on a new `axis`: they must be tensors of one shape."""
+    arrays = [_tensor_arg(node, items, i) for i in range(len(items))]
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        raise ShapeError(f"{node_label(node)}: {what} changes shape between iterations: "
+                         f"{[list(s) for s in shapes]}")
+    _same_dtype(node, arrays)
+    rank = arrays[0].ndim + 1
+    if not -rank <= axis < rank:
+        raise ShapeError(f"{node_label(node)}: {what}'s axis {axis} is out of range for "
+                         f"rank {rank}")
+    return np.stack(arrays, axis=axis % rank)
+
+
+def _body_arity(node: onnx.NodeProto, body: onnx.GraphProto, inputs: int,
+                least_outputs: int) -> None:
+    if len(body.input) != inputs or len(body.output) < least_outputs:
+        raise InputError(f"{node_label(node)}: its body takes {len(body.input)} input(s) and "
+                         f"gives {len(body.output)} output(s); the node needs {inputs} "
+                         f"input(s) and at least {least_outputs} output(s)")
+
+
 def _loop(node, args, runtime, values):
     trips, cond, carried = args[0], args[1], list(args[2:])
     body: onnx.GraphProto = _attr(node, "body")
+    count = len(carried)
+    _body_arity(node, body, 2 + count, 1 + count)
+    missing = [2 + k for k, value in enumerate(carried) if value is None]
+    if missing:
+        raise InputError(f"{node_label(node)}: input {missing[0]} (a loop-carried value) is "
+                         f"required")
     stage = runtime.body(body)
     formal = [i.name for i in body.input]
-    count = len(carried)
-    limit = None if trips is None else int(np.asarray(trips).reshape(-1)[0])
+    limit = None if trips is None else _integer_scalar(node, args, 0, "the trip count")
     running = True if cond is None else _truth(cond, node_label(node) + " condition")
     if limit is None and cond is None:
         raise UnsupportedOpError(f"{node_label(node)} has neither a trip count nor a "
@@ -532,7 +607,7 @@ def _loop(node, args, runtime, values):
         carried = results[1:1 + count]
         scans.append(results[1 + count:])
         iteration += 1
-    stacked = [np.stack([s[k] for s in scans]) if scans
+    stacked = [_stacked(node, [s[k] for s in scans], 0, f"scan output {k}") if scans
                else _empty_like_output(body.output[1 + count + k])
                for k in range(len(body.output) - 1 - count)]
     return carried + stacked
@@ -541,13 +616,34 @@ def _loop(node, args, runtime, values):
 def _scan(node, args, runtime, values):
     body: onnx.GraphProto = _attr(node, "body")
     scanned = int(_attr(node, "num_scan_inputs"))
-    states, inputs = list(args[:len(args) - scanned]), [np.asarray(a) for a in args[len(args) - scanned:]]
-    in_axes = [a % x.ndim for a, x in zip(_attr(node, "scan_input_axes", [0] * scanned), inputs)]
-    in_reverse = _attr(node, "scan_input_directions", [0] * scanned)
+    if not 1 <= scanned <= len(args):
+        raise InputError(f"{node_label(node)}: num_scan_inputs {scanned} must be between 1 "
+                         f"and its {len(args)} input(s)")
+    states = list(args[:len(args) - scanned])
+    missing = [k for k, value in enumerate(states) if value is None]
+    if missing:
+        raise InputError(f"{node_label(node)}: input {missing[0]} (a state) is required")
+    inputs = [_tensor_arg(node, args, i) for i in range(len(states), len(args))]
+    _body_arity(node, body, len(args), len(states))
     count = len(body.output) - len(states)
-    out_axes = _attr(node, "scan_output_axes", [0] * count)
-    out_reverse = _attr(node, "scan_output_directions", [0] * count)
-    length = inputs[0].shape[in_axes[0]] if inputs else 0
+    in_axes = list(_attr(node, "scan_input_axes", [0] * scanned))
+    in_reverse = list(_attr(node, "scan_input_directions", [0] * scanned))
+    out_axes = list(_attr(node, "scan_output_axes", [0] * count))
+    out_reverse = list(_attr(node, "scan_output_directions", [0] * count))
+    if (len(in_axes), len(in_reverse), len(out_axes), len(out_reverse)) != (
+            scanned, scanned, count, count):
+        raise InputError(f"{node_label(node)}: scan_input_axes/directions need {scanned} "
+                         f"entries and scan_output_axes/directions {count}")
+    for axis, x in zip(in_axes, inputs):
+        if not -x.ndim <= axis < x.ndim:
+            raise ShapeError(f"{node_label(node)}: scan axis {axis} is out of range for "
+                             f"scan input {list(x.shape)}")
+    in_axes = [a % x.ndim for a, x in zip(in_axes, inputs)]
+    lengths = sorted({x.shape[a] for a, x in zip(in_axes, inputs)})
+    if len(lengths) != 1:
+        raise ShapeError(f"{node_label(node)}: scan inputs disagree on the sequence length: "
+                         f"{lengths}")
+    length = lengths[0]
     stage = runtime.body(body)
     formal = [i.name for i in body.input]
     collected: list[list[np.ndarray]] = [[] for _ in range(count)]
@@ -559,15 +655,15 @@ def _scan(node, args, runtime, values):
         results = [outputs[o.name] for o in body.output]
         states = results[:len(states)]
         for items, value in zip(collected, results[len(states):]):
-            items.append(np.asarray(value))
+            items.append(value)
     stacked = []
-    for items, axis, reverse, info in zip(collected, out_axes, out_reverse,
-                                          body.output[len(states):]):
+    for k, (items, axis, reverse, info) in enumerate(zip(collected, out_axes, out_reverse,
+                                                         body.output[len(states):])):
         if not items:
             stacked.append(_empty_like_output(info))
             continue
-        rank = items[0].ndim + 1
-        stacked.append(np.stack(items[::-1] if reverse else items, axis=axis % rank))
+        stacked.append(_stacked(node, items[::-1] if reverse else items, axis,
+                                f"scan output {k}"))
     return states + stacked
 
 
@@ -575,7 +671,14 @@ def _sequence_map(node, args, runtime, values):
     body: onnx.GraphProto = _attr(node, "body")
     stage = runtime.body(body)
     formal = [i.name for i in body.input]
-    length = len(args[0])
+    length = len(_sequence_arg(node, args, 0))
+    if len(formal) != len(args):
+        raise InputError(f"{node_label(node)}: its body takes {len(formal)} input(s), the "
+                         f"node passes {len(args)}")
+    lengths = {len(a) for a in args if isinstance(a, list)}
+    if lengths != {length}:
+        raise InputError(f"{node_label(node)}: its sequences differ in length: "
+                         f"{sorted(lengths)}")
     collected: list[list[Any]] = [[] for _ in body.output]
     for index in range(length):
         frame = {name: (a[index] if isinstance(a, list) else a) for name, a in zip(formal, args)}
@@ -585,56 +688,102 @@ def _sequence_map(node, args, runtime, values):
     return collected
 
 
-def _position(value: Any, length: int, insert: bool, what: str) -> int:
-    position = int(np.asarray(value).reshape(-1)[0])
+def _position(node: onnx.NodeProto, args: list[Any], index: int, length: int,
+              insert: bool) -> int:
+    position = _integer_scalar(node, args, index, "the position")
     low, high = -length, length if insert else length - 1
     if not low <= position <= high:
-        raise InputError(f"{what}: position {position} is out of range for a sequence of "
-                         f"{length}")
+        raise InputError(f"{node_label(node)}: position {position} is out of range for a "
+                         f"sequence of {length}")
     return position + length if position < 0 else position
 
 
+def _sequence_construct(node, args, *_):
+    items = [_tensor_arg(node, args, i) for i in range(len(args))]
+    _same_dtype(node, items)
+    return [items]
+
+
 def _sequence_insert(node, args, *_):
-    sequence = list(args[0])
+    sequence = list(_sequence_arg(node, args, 0))
+    item = _tensor_arg(node, args, 1)
+    _same_dtype(node, [*sequence, item])
     at = len(sequence) if len(args) < 3 or args[2] is None else _position(
-        args[2], len(sequence), True, node_label(node))
-    sequence.insert(at, np.asarray(args[1]))
+        node, args, 2, len(sequence), True)
+    sequence.insert(at, item)
     return [sequence]
 
 
 def _sequence_at(node, args, *_):
-    return [args[0][_position(args[1], len(args[0]), False, node_label(node))]]
+    sequence = _sequence_arg(node, args, 0)
+    return [sequence[_position(node, args, 1, len(sequence), False)]]
 
 
 def _sequence_erase(node, args, *_):
-    sequence = list(args[0])
+    sequence = list(_sequence_arg(node, args, 0))
+    if not sequence:
+        raise InputError(f"{node_label(node)}: the sequence is empty")
     at = len(sequence) - 1 if len(args) < 2 or args[1] is None else _position(
-        args[1], len(sequence), False, node_label(node))
+        node, args, 1, len(sequence), False)
     del sequence[at]
     return [sequence]
 
 
+def _sequence_length(node, args, *_):
+    return [np.array(len(_sequence_arg(node, args, 0)), np.int64)]
+
+
 def _concat_from_sequence(node, args, *_):
+    items = [np.asarray(a) for a in _sequence_arg(node, args, 0)]
+    if not items:
+        raise InputError(f"{node_label(node)}: the sequence is empty")
+    _same_dtype(node, items)
+    new_axis = bool(_attr(node, "new_axis", 0))
+    rank = items[0].ndim
     axis = int(_attr(node, "axis"))
-    if _attr(node, "new_axis", 0):
-        return [np.stack(args[0], axis=axis)]
-    return [np.concatenate(args[0], axis=axis)]
+    limit = rank + 1 if new_axis else rank
+    if not -limit <= axis < limit:
+        raise ShapeError(f"{node_label(node)}: axis {axis} is out of range for "
+                         f"{'stacking' if new_axis else 'concatenating'} rank-{rank} tensors")
+    axis %= limit
+    shapes = [a.shape for a in items]
+    keep = list(range(rank)) if new_axis else [d for d in range(rank) if d != axis]
+    if any(len(s) != rank or [s[d] for d in keep] != [shapes[0][d] for d in keep]
+           for s in shapes):
+        raise ShapeError(f"{node_label(node)}: tensors of shapes {[list(s) for s in shapes]} "
+                         f"do not {'stack' if new_axis else 'concatenate'} on axis {axis}")
+    if new_axis:
+        return [np.stack(items, axis=axis)]
+    return [np.concatenate(items, axis=axis)]
 
 
 def _split_to_sequence(node, args, *_):
-    x = np.asarray(args[0])
-    axis = int(_attr(node, "axis", 0)) % max(x.ndim, 1)
-    split = None if len(args) < 2 or args[1] is None else np.asarray(args[1])
-    if split is None:
-        pieces = np.split(x, x.shape[axis], axis=axis)
+    x = _tensor_arg(node, args, 0)
+    axis = int(_attr(node, "axis", 0))
+    if x.ndim == 0 or not -x.ndim <= axis < x.ndim:
+        raise ShapeError(f"{node_label(node)}: axis {axis} is out of range for input "
+                         f"{list(x.shape)}")
+    axis %= x.ndim
+    length = x.shape[axis]
+    if len(args) < 2 or args[1] is None:
+        pieces = np.split(x, length, axis=axis) if length else []
         if not _attr(node, "keepdims", 1):
             pieces = [np.squeeze(p, axis=axis) for p in pieces]
         return [pieces]
+    split = _tensor_arg(node, args, 1)
+    if split.dtype.kind not in "iu" or split.ndim > 1:
+        raise InputError(f"{node_label(node)}: split must be an integer scalar or 1-D, got "
+                         f"{_kind(split)}")
     if split.ndim == 0:
         size = int(split)
-        bounds = list(range(size, x.shape[axis], size))
+        if size <= 0:
+            raise InputError(f"{node_label(node)}: split size {size} must be positive")
+        bounds = list(range(size, length, size))
     else:
-        bounds = list(np.cumsum(split)[:-1])
+        if (split < 0).any() or int(split.sum()) != length:
+            raise InputError(f"{node_label(node)}: split {split.tolist()} must be "
+                             f"non-negative and sum to the axis' length {length}")
+        bounds = [int(b) for b in np.cumsum(split)[:-1]]
     return [np.split(x, bounds, axis=axis)]
 
 
@@ -652,11 +801,11 @@ HOST_OPS: dict[str, HostOp] = {
     "SequenceMap": _sequence_map,
     "Identity": lambda node, args, *_: [args[0]],
     "SequenceEmpty": lambda node, args, *_: [[]],
-    "SequenceConstruct": lambda node, args, *_: [[np.asarray(a) for a in args]],
+    "SequenceConstruct": _sequence_construct,
     "SequenceInsert": _sequence_insert,
     "SequenceAt": _sequence_at,
     "SequenceErase": _sequence_erase,
-    "SequenceLength": lambda node, args, *_: [np.array(len(args[0]), np.int64)],
+    "SequenceLength": _sequence_length,
     "ConcatFromSequence": _concat_from_sequence,
     "SplitToSequence": _split_to_sequence,
     "Optional": lambda node, args, *_: [args[0] if args else None],

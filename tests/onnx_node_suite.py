@@ -102,24 +102,53 @@ def _as_array(value):
     return np.asarray(value)
 
 
+def run_case_onnxruntime(case) -> None:
+    """The same case through onnxruntime's backend, compared the same way."""
+    import onnxruntime
+    import onnxruntime.backend as ort_backend
+
+    onnxruntime.set_default_logger_severity(3)  # its warnings about unused initializers
+    rep = ort_backend.prepare(case.model, "CPU")
+    for inputs, expected in case.data_sets:
+        outputs = rep.run([_as_array(a) for a in inputs])
+        Runner.assert_similar_outputs([_as_array(r) for r in expected], list(outputs),
+                                      rtol=case.rtol, atol=case.atol)
+
+
+def _failure(run, case, verbose: bool) -> str | None:
+    """None when `run(case)` passes, else the first line of why (with the traceback)."""
+    try:
+        run(case)
+    except Exception as exc:  # noqa: BLE001 - a report lists every kind of failure
+        text = str(exc).strip()
+        message = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"[:300]
+        return message + ("\n" + traceback.format_exc() if verbose else "")
+    return None
+
+
 def main(argv: list[str]) -> int:
-    pattern = argv[0] if argv else ""
-    cases = [c for c in in_scope_cases() if pattern in c.name]
-    failed = []
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m tests.onnx_node_suite")
+    parser.add_argument("pattern", nargs="?", default="", help="run cases whose name has it")
+    parser.add_argument("-v", action="store_true", help="print each failure's traceback")
+    parser.add_argument("--onnxruntime", action="store_true",
+                        help="run every case through onnxruntime too and compare the lists")
+    args = parser.parse_args(argv)
+    cases = [c for c in in_scope_cases() if args.pattern in c.name]
     start = time.perf_counter()
-    for case in cases:
-        try:
-            run_case(case)
-        except Exception as exc:  # noqa: BLE001 - a report lists every kind of failure
-            message = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            if "-v" in argv:
-                message += "\n" + traceback.format_exc()
-            failed.append((case.name, message[:300]))
-    for name, message in failed:
+    failed = {c.name: why for c in cases if (why := _failure(run_case, c, args.v))}
+    for name, message in failed.items():
         print(f"FAIL {name}: {message}")
     passed = len(cases) - len(failed)
     print(f"{passed}/{len(cases)} node tests pass "
           f"({100.0 * passed / max(len(cases), 1):.1f}%) in {time.perf_counter() - start:.0f}s")
+    if args.onnxruntime:
+        ort_failed = {c.name for c in cases if _failure(run_case_onnxruntime, c, False)}
+        behind = sorted(set(failed) - ort_failed)
+        print(f"onnxruntime passes {len(cases) - len(ort_failed)}; ember passes "
+              f"{len(ort_failed - set(failed))} that onnxruntime fails and fails "
+              f"{len(behind)} that it passes{': ' + ', '.join(behind) if behind else ''}")
     return 0
 
 

@@ -11,7 +11,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 
 import ember
-from ember.errors import UnsupportedOpError
+from ember.errors import EmberError, UnsupportedOpError
 from ember.frontends.onnx.control_flow import UNROLL_LIMIT, free_names
 from ember.frontends.onnx.partial import import_segment
 from ember.ir import DType, TensorType
@@ -187,3 +187,53 @@ def test_an_unsupported_op_inside_a_branch_is_named_at_load():
         opset_imports=[h.make_opsetid("", 17)])
     with pytest.raises(UnsupportedOpError, match="NoSuchOp"):
         ember.compile(model, target="cpu")
+
+
+def _running_sum_scan(scanned: int = 1, **attrs) -> onnx.ModelProto:
+    body = h.make_graph([h.make_node("Add", ["s", "row"], ["s_out"])], "body",
+                        [h.make_tensor_value_info("s", F, [2]),
+                         h.make_tensor_value_info("row", F, [2])],
+                        [h.make_tensor_value_info("s_out", F, [2])])
+    node = h.make_node("Scan", ["s0", "x"], ["final"], body=body, num_scan_inputs=scanned,
+                       **attrs)
+    graph = h.make_graph([node], "cf", [h.make_tensor_value_info("s0", F, [2]),
+                                        h.make_tensor_value_info("x", F, [4, 2])],
+                         [h.make_tensor_value_info("final", F, [2])])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def _loop_over(trips: np.ndarray, body_inputs: int = 3) -> onnx.ModelProto:
+    formal = [h.make_tensor_value_info("i", T.INT64, []),
+              h.make_tensor_value_info("cond", T.BOOL, []),
+              h.make_tensor_value_info("v", F, [2])][:body_inputs]
+    body = h.make_graph([h.make_node("Identity", ["cond"], ["cond_out"]),
+                         h.make_node("Identity", ["x"], ["v_out"])], "body", formal,
+                        [h.make_tensor_value_info("cond_out", T.BOOL, []),
+                         h.make_tensor_value_info("v_out", F, [2])])
+    graph = h.make_graph([h.make_node("Loop", ["n", "", "x"], ["y"], body=body)], "cf",
+                         [h.make_tensor_value_info("x", F, [2])],
+                         [h.make_tensor_value_info("y", F, [2])],
+                         [onnx.numpy_helper.from_array(trips, "n")])
+    return h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
+
+
+def _without_state(model: onnx.ModelProto) -> onnx.ModelProto:
+    model.graph.node[0].input[0] = ""  # a mutant's: the state left out
+    return model
+
+
+@pytest.mark.parametrize("model, message", [
+    (_without_state(_running_sum_scan()), "input 0 is required"),
+    (_running_sum_scan(3), "num_scan_inputs 3 must be between 1 and"),
+    (_running_sum_scan(scan_input_axes=[0, 1]), "scan_input_axes/directions need 1"),
+    (_loop_over(np.array([2, 3], np.int64)), "the trip count must hold one value"),
+    (_loop_over(np.array(2.5, np.float32)), "the trip count must be an integer"),
+    (_loop_over(np.array(2, np.int64), body_inputs=2), "its body takes 2 input"),
+], ids=["scan_state_left_out", "scan_count", "scan_axes", "loop_trips_shape",
+        "loop_trips_dtype", "loop_body_inputs"])
+def test_malformed_loops_and_scans_are_refused_by_name(model, message):
+    feeds = {"s0": np.zeros(2, np.float32), "x": np.ones((4, 2), np.float32)}
+    if len(model.graph.input) == 1:
+        feeds = {"x": np.ones(2, np.float32)}
+    with pytest.raises(EmberError, match=message):
+        ember.compile(model, target="cpu")(**feeds)

@@ -116,6 +116,169 @@ def _reduce() -> onnx.ModelProto:
                    _vi("ln", TensorProto.FLOAT, ["rows", 5])], inits, opset=17)
 
 
+def _graph(nodes, inputs, outputs, inits=()) -> onnx.GraphProto:
+    return helper.make_graph(nodes, "body", inputs, outputs, initializer=list(inits))
+
+
+def _control() -> onnx.ModelProto:
+    """An If on a condition computed from the input (run between compiled segments) and a
+    Loop whose trip count is computed from a shape (unrolled at import)."""
+    then_branch = _graph([helper.make_node("Mul", ["x", "two"], ["doubled"], name="double")],
+                         [], [_vi("doubled", TensorProto.FLOAT, ["rows", 3])])
+    else_branch = _graph([helper.make_node("Neg", ["x"], ["negated"], name="negate")],
+                         [], [_vi("negated", TensorProto.FLOAT, ["rows", 3])])
+    body = _graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+         helper.make_node("Add", ["acc_in", "x"], ["acc_out"], name="accumulate"),
+         helper.make_node("Cast", ["i"], ["i_float"], to=TensorProto.FLOAT, name="count"),
+         helper.make_node("Mul", ["acc_out", "i_float"], ["step"], name="step")],
+        [_vi("i", TensorProto.INT64, []), _vi("cond_in", TensorProto.BOOL, []),
+         _vi("acc_in", TensorProto.FLOAT, ["rows", 3])],
+        [_vi("cond_out", TensorProto.BOOL, []), _vi("acc_out", TensorProto.FLOAT, ["rows", 3]),
+         _vi("step", TensorProto.FLOAT, ["rows", 3])])
+    nodes = [
+        helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0, name="total"),
+        helper.make_node("Greater", ["total", "zero"], ["positive"], name="positive"),
+        helper.make_node("If", ["positive"], ["branch"], then_branch=then_branch,
+                         else_branch=else_branch, name="if"),
+        helper.make_node("Shape", ["x"], ["shape"], name="shape"),
+        helper.make_node("Gather", ["shape", "first"], ["trips"], axis=0, name="trips"),
+        helper.make_node("Loop", ["trips", "true", "x"], ["acc", "steps"], body=body,
+                         name="loop"),
+    ]
+    inits = [_init("two", np.array(2.0, np.float32)), _init("zero", np.array(0.0, np.float32)),
+             _init("first", np.array(0, np.int64)), _init("true", np.array(True))]
+    return _model(nodes, [_vi("x", TensorProto.FLOAT, ["rows", 3])],
+                  [_vi("branch", TensorProto.FLOAT, ["rows", 3]),
+                   _vi("acc", TensorProto.FLOAT, ["rows", 3]),
+                   _vi("steps", TensorProto.FLOAT, ["trips", "rows", 3])], inits)
+
+
+def _scan() -> onnx.ModelProto:
+    """A running sum over the sequence axis, with a per-step output."""
+    body = _graph(
+        [helper.make_node("Add", ["state_in", "x_t"], ["state_out"], name="add"),
+         helper.make_node("Mul", ["state_out", "x_t"], ["y_t"], name="mul")],
+        [_vi("state_in", TensorProto.FLOAT, [3]), _vi("x_t", TensorProto.FLOAT, [3])],
+        [_vi("state_out", TensorProto.FLOAT, [3]), _vi("y_t", TensorProto.FLOAT, [3])])
+    nodes = [helper.make_node("Scan", ["init", "xs"], ["final", "ys"], body=body,
+                              num_scan_inputs=1, name="scan")]
+    return _model(nodes, [_vi("init", TensorProto.FLOAT, [3]),
+                          _vi("xs", TensorProto.FLOAT, ["seq", 3])],
+                  [_vi("final", TensorProto.FLOAT, [3]),
+                   _vi("ys", TensorProto.FLOAT, ["seq", 3])], opset=17)
+
+
+def _dynamic() -> onnx.ModelProto:
+    """Shapes that depend on values: NonZero -> Gather, Compress, Unique."""
+    nodes = [
+        helper.make_node("Greater", ["x", "zero"], ["mask"], name="mask"),
+        helper.make_node("NonZero", ["mask"], ["where"], name="nonzero"),
+        helper.make_node("Squeeze", ["where", "axis0"], ["positions"], name="squeeze"),
+        helper.make_node("Gather", ["x", "positions"], ["picked"], axis=0, name="gather"),
+        helper.make_node("Compress", ["x", "mask"], ["kept"], axis=0, name="compress"),
+        helper.make_node("Unique", ["ids"], ["values", "first", "inverse", "counts"], sorted=1,
+                         name="unique"),
+    ]
+    inits = [_init("zero", np.array(0.0, np.float32)), _init("axis0", np.array([0], np.int64))]
+    return _model(nodes, [_vi("x", TensorProto.FLOAT, [6]), _vi("ids", TensorProto.INT64, [7])],
+                  [_vi("picked", TensorProto.FLOAT, ["n"]), _vi("kept", TensorProto.FLOAT, ["n"]),
+                   _vi("values", TensorProto.INT64, ["u"]), _vi("first", TensorProto.INT64, ["u"]),
+                   _vi("inverse", TensorProto.INT64, [7]), _vi("counts", TensorProto.INT64, ["u"])],
+                  inits, opset=17)
+
+
+def _nms() -> onnx.ModelProto:
+    """NonMaxSuppression over fixed boxes, scored by the input, two classes."""
+    boxes = np.array([[0, 0, 1, 1], [0, 0.1, 1, 1.1], [0, -0.1, 1, 0.9], [0, 10, 1, 11],
+                      [0, 10.1, 1, 11.1], [0, 100, 1, 101]], np.float32)[None]
+    nodes = [helper.make_node("NonMaxSuppression", ["boxes", "scores", "limit", "iou", "floor"],
+                              ["selected"], center_point_box=0, name="nms")]
+    inits = [_init("boxes", boxes), _init("limit", np.array([3], np.int64)),
+             _init("iou", np.array([0.5], np.float32)), _init("floor", np.array([0.0], np.float32))]
+    return _model(nodes, [_vi("scores", TensorProto.FLOAT, [1, 2, 6])],
+                  [_vi("selected", TensorProto.INT64, ["n", 3])], inits, opset=17)
+
+
+def _recurrent() -> onnx.ModelProto:
+    """A forward LSTM and a bidirectional GRU over [seq, batch, 2], hidden size 3."""
+    rng = np.random.default_rng(2)
+
+    def weights(*shape: int) -> np.ndarray:
+        return (0.5 * rng.standard_normal(shape)).astype(np.float32)
+
+    nodes = [
+        helper.make_node("LSTM", ["x", "lstm_w", "lstm_r", "lstm_b"], ["ly", "ly_h", "ly_c"],
+                         hidden_size=3, name="lstm"),
+        helper.make_node("GRU", ["x", "gru_w", "gru_r", "gru_b"], ["gy", "gy_h"], hidden_size=3,
+                         direction="bidirectional", linear_before_reset=1, name="gru"),
+    ]
+    inits = [_init("lstm_w", weights(1, 12, 2)), _init("lstm_r", weights(1, 12, 3)),
+             _init("lstm_b", weights(1, 24)), _init("gru_w", weights(2, 9, 2)),
+             _init("gru_r", weights(2, 9, 3)), _init("gru_b", weights(2, 18))]
+    return _model(nodes, [_vi("x", TensorProto.FLOAT, ["seq", "batch", 2])],
+                  [_vi("ly", TensorProto.FLOAT, ["seq", 1, "batch", 3]),
+                   _vi("ly_h", TensorProto.FLOAT, [1, "batch", 3]),
+                   _vi("ly_c", TensorProto.FLOAT, [1, "batch", 3]),
+                   _vi("gy", TensorProto.FLOAT, ["seq", 2, "batch", 3]),
+                   _vi("gy_h", TensorProto.FLOAT, [2, "batch", 3])], inits, opset=17)
+
+
+def _attention() -> onnx.ModelProto:
+    """RotaryEmbedding on Q, grouped-query Attention (4 query heads over 2 K/V heads, 3-D
+    layout), then an Einsum projection (opset 23)."""
+    rng = np.random.default_rng(3)
+    angles = np.arange(8)[:, None] * np.array([1.0, 0.1])[None]
+    nodes = [
+        helper.make_node("RotaryEmbedding", ["q", "cos", "sin", "positions"], ["q_rot"],
+                         num_heads=4, name="rotary"),
+        helper.make_node("Attention", ["q_rot", "k", "v"], ["attended"], q_num_heads=4,
+                         kv_num_heads=2, name="attention"),
+        helper.make_node("Einsum", ["attended", "projection"], ["y"], equation="bsh,hk->bsk",
+                         name="einsum"),
+    ]
+    inits = [_init("cos", np.cos(angles).astype(np.float32)),
+             _init("sin", np.sin(angles).astype(np.float32)),
+             _init("projection", rng.standard_normal((16, 3)).astype(np.float32))]
+    return _model(nodes, [_vi("q", TensorProto.FLOAT, ["batch", 3, 16]),
+                          _vi("k", TensorProto.FLOAT, ["batch", 5, 8]),
+                          _vi("v", TensorProto.FLOAT, ["batch", 5, 8]),
+                          _vi("positions", TensorProto.INT64, ["batch", 3])],
+                  [_vi("y", TensorProto.FLOAT, ["batch", 3, 3])], inits, opset=23)
+
+
+def _vision() -> onnx.ModelProto:
+    """GroupNormalization (opset 21, per-channel scale) then GridSample."""
+    nodes = [
+        helper.make_node("GroupNormalization", ["x", "scale", "bias"], ["normed"], num_groups=2,
+                         epsilon=1e-5, name="groupnorm"),
+        helper.make_node("GridSample", ["normed", "grid"], ["y"], mode="linear",
+                         padding_mode="zeros", align_corners=0, name="gridsample"),
+    ]
+    inits = [_init("scale", np.linspace(0.5, 2.0, 4).astype(np.float32)),
+             _init("bias", np.linspace(-1.0, 1.0, 4).astype(np.float32))]
+    return _model(nodes, [_vi("x", TensorProto.FLOAT, [1, 4, 5, 5]),
+                          _vi("grid", TensorProto.FLOAT, [1, 3, 3, 2])],
+                  [_vi("y", TensorProto.FLOAT, [1, 4, 3, 3])], inits, opset=21)
+
+
+def _sequence() -> onnx.ModelProto:
+    """Rows split into a sequence, one read back, the rest stacked again."""
+    nodes = [
+        helper.make_node("SplitToSequence", ["x"], ["rows_seq"], axis=0, keepdims=0,
+                         name="split"),
+        helper.make_node("SequenceAt", ["rows_seq", "last"], ["last_row"], name="at"),
+        helper.make_node("SequenceLength", ["rows_seq"], ["count"], name="length"),
+        helper.make_node("SequenceErase", ["rows_seq", "last"], ["shorter"], name="erase"),
+        helper.make_node("ConcatFromSequence", ["shorter"], ["stacked"], axis=0, new_axis=1,
+                         name="concat"),
+    ]
+    return _model(nodes, [_vi("x", TensorProto.FLOAT, ["rows", 3])],
+                  [_vi("last_row", TensorProto.FLOAT, [3]), _vi("count", TensorProto.INT64, []),
+                   _vi("stacked", TensorProto.FLOAT, ["fewer", 3])],
+                  [_init("last", np.array(-1, np.int64))], opset=17)
+
+
 def _shipped(name: str) -> Callable[[], onnx.ModelProto]:
     return lambda: onnx.load(str(DATA / f"{name}.onnx"))
 
@@ -123,6 +286,8 @@ def _shipped(name: str) -> Callable[[], onnx.ModelProto]:
 SEEDS: dict[str, Callable[[], onnx.ModelProto]] = {
     "sentence": _sentence, "movement": _movement, "reduce": _reduce,
     "digits_mlp": _shipped("digits_mlp"), "digits_cnn": _shipped("digits_cnn"),
+    "control": _control, "scan": _scan, "dynamic": _dynamic, "nms": _nms,
+    "recurrent": _recurrent, "attention": _attention, "vision": _vision, "sequence": _sequence,
 }
 # Sizes of the seeds' dims that the model leaves open, by dim name.
 OPEN_DIMS = {"batch": 3, "seq": 4, "rows": 4}

@@ -14,7 +14,7 @@ from onnx import TensorProto as T
 from onnx import helper as h
 
 import ember
-from ember.errors import InputError, UnsupportedOpError
+from ember.errors import InputError, ShapeError, UnsupportedOpError
 from ember.ir import DType
 from ember.onnx_backend import EmberBackend
 from ember.runtime import opencl
@@ -276,3 +276,59 @@ def test_a_failed_call_leaves_the_model_usable():
     assert len(results) == 3
     for result in results:
         _compare(model, result, feeds)
+
+
+def test_split_to_sequence_of_an_empty_axis_is_an_empty_sequence():
+    nodes = [h.make_node("SplitToSequence", ["x"], ["rows"], axis=0, keepdims=0),
+             h.make_node("SequenceLength", ["rows"], ["count"])]
+    model = _model(nodes, [h.make_tensor_value_info("x", F, ["n", 3])],
+                   [h.make_tensor_value_info("count", T.INT64, [])])
+    feeds = {"x": np.zeros((0, 3), np.float32)}
+    _compare(model, ember.compile(model, target="cpu")(**feeds), feeds)
+
+
+def _host_value_case(case: str) -> tuple[onnx.ModelProto, dict]:
+    """A model whose host node gets an input it cannot take, and the feeds that show it."""
+    x = h.make_tensor_value_info("x", F, [3, 2])
+    feeds = {"x": np.arange(6, dtype=np.float32).reshape(3, 2)}
+    split = h.make_node("SplitToSequence", ["x"], ["rows"], axis=0, keepdims=0)
+    out = h.make_tensor_value_info("y", F, [None])
+    if case == "tensor_as_sequence":  # a mutant's ConcatFromSequence reading SequenceLength
+        nodes = [split, h.make_node("SequenceLength", ["rows"], ["count"]),
+                 h.make_node("ConcatFromSequence", ["count"], ["y"], axis=0)]
+        return _model(nodes, [x], [out]), feeds
+    if case == "concat_axis":
+        nodes = [split, h.make_node("ConcatFromSequence", ["rows"], ["y"], axis=1)]
+        return _model(nodes, [x], [out]), feeds
+    if case == "split_sizes":
+        nodes = [h.make_node("SplitToSequence", ["x", "sizes"], ["parts"], axis=0),
+                 h.make_node("ConcatFromSequence", ["parts"], ["y"], axis=0)]
+        sizes = onnx.numpy_helper.from_array(np.array([4, -1], np.int64), "sizes")
+        return _model(nodes, [x], [out], [sizes]), feeds
+    # a Loop's scan output that changes shape between iterations
+    body = h.make_graph(
+        [h.make_node("Concat", ["v", "v"], ["v_out"], axis=0),
+         h.make_node("Identity", ["cond"], ["cond_out"]),
+         h.make_node("Identity", ["v_out"], ["each"])],
+        "body", [h.make_tensor_value_info("i", T.INT64, []),
+                 h.make_tensor_value_info("cond", T.BOOL, []),
+                 h.make_tensor_value_info("v", F, [None])],
+        [h.make_tensor_value_info("cond_out", T.BOOL, []),
+         h.make_tensor_value_info("v_out", F, [None]), h.make_tensor_value_info("each", F, [None])])
+    model = _model([h.make_node("Loop", ["n", "", "v0"], ["v", "y"], body=body)],
+                   [h.make_tensor_value_info("v0", F, [2]),
+                    h.make_tensor_value_info("n", T.INT64, [])],
+                   [h.make_tensor_value_info("v", F, [None]), out])
+    return model, {"v0": np.ones(2, np.float32), "n": np.array(2, np.int64)}
+
+
+@pytest.mark.parametrize("case, error, message", [
+    ("tensor_as_sequence", InputError, "input 0 must be a sequence, got a tensor"),
+    ("concat_axis", ShapeError, "axis 1 is out of range"),
+    ("split_sizes", InputError, r"split \[4, -1\] must be non-negative"),
+    ("growing_scan_output", ShapeError, "changes shape between iterations"),
+])
+def test_host_nodes_refuse_inputs_they_cannot_take(case, error, message):
+    model, feeds = _host_value_case(case)
+    with pytest.raises(error, match=message):
+        ember.compile(model, target="cpu")(**feeds)

@@ -6,7 +6,8 @@ Exporters (PyTorch for BERT and GPT-2, ...) write attention as
     K = Transpose(Reshape(k), ...)                  (0, 2, 1, 3) then (0, 1, 3, 2), or
     V = Transpose(Reshape(v), (0, 2, 1, 3))         MatMul trans_b)
     S = MatMul(Q, K^T) [* c | / c] [+ mask]          scale may also sit on Q or K
-    O = MatMul(Softmax(S, axis=-1), V)
+    P = Softmax(S, axis=-1)                          [Where(IsNaN(P), 0, P)]
+    O = MatMul(P, V)
     out = Transpose(O, (0, 2, 1, 3))                head merge (a Reshape view follows)
 
 `FuseAttention` anchors on each Softmax and walks up and down from it. Everything it
@@ -14,7 +15,15 @@ absorbs must feed only the pattern (one user, no graph output), so that removing
 nothing: the Transposes feeding Q, K and V (into q_perm / k_perm / v_perm), MatMul's
 transpose flags, scalar constant scales (Mul, or Div by a nonzero constant) on the scores,
 Q or K, the mask Add, the Softmax (over the last axis only), the second MatMul and the
-Transpose after it (into out_perm). The mask is any input of the Add with the scores' dtype
+Transpose after it (into out_perm). A transpose of the last two axes may also be written
+with the batch axes regrouped around it, Reshape(Transpose(Reshape(x))) where the Reshapes
+only merge / split the axes before the last two and the Transpose fixes those (PyTorch's
+SDPA export transposes K so, over [B * H, S, D]): it is read as the one 4-D Transpose.
+PyTorch's SDPA export also scales Q and K by sqrt(scale) each, builds the mask as
+Where(keep, 0, -big) (an ordinary additive input here) and guards the probabilities with
+Where(IsNaN(P), 0, P); a Softmax row is NaN as a whole or not at all (a NaN or +inf score,
+or every score -inf), so the guard zeroes exactly the rows the op's `zero_masked_rows=2`
+zeroes. The mask is any input of the Add with the scores' dtype
 that does not enlarge the scores' shape and does not depend on Q, K or the scores (a Where
 with a boolean condition instead of the Add is left unfused). A Transpose that has another
 user stays and the node reads its output. Ops with a fused epilogue are left alone. The
@@ -30,9 +39,10 @@ the first MatMul.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +68,7 @@ class _View:
     scale: float = 1.0
     transposes: int = 0
     scales: int = 0
+    reshapes: int = 0
 
 
 @dataclass(frozen=True)
@@ -70,14 +81,17 @@ class _Match:
     scales: int  # scale nodes on the scores
     out_perm: tuple[int, ...]
     result: Value  # the value the Attention node replaces
+    nan_guard: bool = False  # Where(IsNaN(P), 0, P) between Softmax and P @ V
 
     def stats(self) -> Counter[str]:
         views = (self.q, self.k, self.v)
         return Counter({
             "fused": 1,
             "Transpose": sum(v.transposes for v in views) + (self.out_perm != ()),
+            "Reshape": sum(v.reshapes for v in views),
             "scale": sum(v.scales for v in views) + self.scales,
             "mask": int(self.mask is not None),
+            "nan_guard": int(self.nan_guard),
         })
 
 
@@ -126,10 +140,40 @@ def _swap_last(rank: int) -> tuple[int, ...]:
     return tuple(range(rank - 2)) + (rank - 1, rank - 2)
 
 
+def _regrouped_transpose(graph: Graph, value: Value) -> tuple[Value, tuple[int, ...]] | None:
+    """value = Reshape(Transpose(Reshape(x))), the Reshapes regrouping only the axes before
+    the last two (x's batch axes come back unchanged) and the Transpose fixing the regrouped
+    axes, its two inner values used once: (x, perm) with value == transpose(x, perm)."""
+    if not _plain(graph, value, "Reshape") or len(graph.inputs_of(value.node)) != 1:
+        return None
+    (swapped,) = graph.inputs_of(value.node)
+    if not (_plain(graph, swapped, "Transpose") and _only_use(graph, swapped)):
+        return None
+    (grouped,) = graph.inputs_of(swapped.node)
+    if not (_plain(graph, grouped, "Reshape") and _only_use(graph, grouped)
+            and len(graph.inputs_of(grouped.node)) == 1):
+        return None
+    (x,) = graph.inputs_of(grouped.node)
+    xs, gs = graph.type_of(x).shape, graph.type_of(grouped).shape
+    ss, out = graph.type_of(swapped).shape, graph.type_of(value).shape
+    n, r = len(gs), len(xs)
+    if n < 2 or r < 2 or len(out) != r:
+        return None
+    inner = transpose_perm(graph.attrs(swapped.node)["perm"], n)
+    if inner[:n - 2] != tuple(range(n - 2)):
+        return None  # the Transpose moves a batch axis
+    if (xs[-2:] != gs[-2:] or out[:-2] != xs[:-2] or out[-2:] != ss[-2:]
+            or math.prod(xs[:-2]) != math.prod(gs[:-2])):
+        return None  # a Reshape that splits or merges the last two axes
+    tail = (r - 2, r - 1) if inner[n - 2:] == (n - 2, n - 1) else (r - 1, r - 2)
+    return x, tuple(range(r - 2)) + tail
+
+
 def _view(graph: Graph, value: Value, perm: tuple[int, ...], scales: bool) -> _View:
-    """Walk up from an operand read as transpose(value, perm), folding Transposes (and,
-    when `scales`, scalar Mul/Div) whose output only this operand reads."""
-    scale, transposes, n_scales = 1.0, 0, 0
+    """Walk up from an operand read as transpose(value, perm), folding Transposes (also
+    one written with regrouped batch axes) and, when `scales`, scalar Mul/Div whose output
+    only this operand reads."""
+    scale, transposes, n_scales, reshapes = 1.0, 0, 0, 0
     while _only_use(graph, value):
         if _plain(graph, value, "Transpose"):
             (source,) = graph.inputs_of(value.node)
@@ -138,13 +182,20 @@ def _view(graph: Graph, value: Value, perm: tuple[int, ...], scales: bool) -> _V
             value = source
             transposes += 1
             continue
+        regrouped = _regrouped_transpose(graph, value)
+        if regrouped is not None:
+            value, inner = regrouped
+            perm = tuple(inner[i] for i in perm)
+            transposes += 1
+            reshapes += 2
+            continue
         peeled = _peel_scale(graph, value) if scales else None
         if peeled is None:
             break
         value, factor = peeled
         scale *= factor
         n_scales += 1
-    return _View(value, perm, scale, transposes, n_scales)
+    return _View(value, perm, scale, transposes, n_scales, reshapes)
 
 
 def _depends_on(graph: Graph, value: Value, values: set[Value], nodes: set[int]) -> bool:
@@ -190,6 +241,26 @@ def _split_mask(graph: Graph, x: Value) -> Iterator[tuple[Value, Value | None]]:
             yield b, a
 
 
+def _nan_guard(graph: Graph, probs: Value) -> Value | None:
+    """The output of Where(IsNaN(probs), 0, probs) when that is all that reads probs (the
+    IsNaN feeding only the Where, the zero a scalar constant), else None."""
+    users = graph.users_of(probs)
+    if graph.is_output(probs) or len(users) != 2:
+        return None
+    where = next((u.node for u in users if u.port == 2), None)
+    if where is None or not _plain(graph, Value(where, 0), "Where"):
+        return None
+    test, zero, kept = graph.inputs_of(where)
+    if (kept != probs or not _plain(graph, test, "IsNaN") or not _only_use(graph, test)
+            or graph.inputs_of(test.node) != [probs]):
+        return None
+    zeros = graph.constant_value(zero)
+    if zeros is None or zeros.size != 1 or zeros.reshape(-1)[0] != 0:
+        return None
+    guarded = Value(where, 0)
+    return guarded if graph.type_of(guarded) == graph.type_of(probs) else None
+
+
 def _match(graph: Graph, softmax: int) -> _Match | None:
     x = graph.inputs_of(softmax)[0]
     x_type = graph.type_of(x)
@@ -200,6 +271,9 @@ def _match(graph: Graph, softmax: int) -> _Match | None:
     if inner != 1 or n != x_type.shape[-1]:
         return None  # not over the last axis
     probs = Value(softmax, 0)
+    guard = _nan_guard(graph, probs)
+    if guard is not None:
+        probs = guard
     users = graph.users_of(probs)
     if not _only_use(graph, probs) or users[0].port != 0:
         return None
@@ -223,7 +297,7 @@ def _match(graph: Graph, softmax: int) -> _Match | None:
                 continue  # a bias computed from Q, K or the scores is not a mask
         match = _complete(graph, first, second, scale, len(scale_nodes), mask)
         if match is not None:
-            return match
+            return replace(match, nan_guard=guard is not None)
     return None
 
 
@@ -273,6 +347,8 @@ def _rewrite(graph: Graph, ctx: PassContext, softmax: int, m: _Match) -> bool:
         "q_perm": _perm_attr(m.q.perm), "k_perm": _perm_attr(m.k.perm),
         "v_perm": _perm_attr(m.v.perm), "out_perm": _perm_attr(m.out_perm),
     }
+    if m.nan_guard:
+        attrs["zero_masked_rows"] = 2  # the rows the guard zeroes: see the module docstring
     try:
         node = graph.add_node("Attention", inputs, attrs, name=_node_name(graph, softmax))
     except EmberError as exc:  # shapes numpy's matmul accepts but Attention does not
@@ -289,7 +365,7 @@ def _rewrite(graph: Graph, ctx: PassContext, softmax: int, m: _Match) -> bool:
 
 class FuseAttention:
     """Replace each matched attention subgraph by one Attention node. Stats: `fused`, and
-    the absorbed nodes by kind (`Transpose`, `scale`, `mask`)."""
+    the absorbed nodes by kind (`Transpose`, `Reshape`, `scale`, `mask`, `nan_guard`)."""
 
     name = "FuseAttention"
 

@@ -218,6 +218,65 @@ def test_gpt2_style_attention_is_fused(any_target):
     check_against_ort(model, feeds, any_target)
 
 
+def sdpa_export_style(batch: int = 2, seq: int = 6, heads: int = 2,
+                      head: int = 4) -> onnx.ModelProto:
+    """PyTorch's SDPA export: Q and K each scaled by sqrt(1/sqrt(d)), K transposed over
+    [B * H, S, D] between two Reshapes, the mask Where(keep, 0, -FLT_MAX) from an int64
+    input, and the probabilities guarded by Where(IsNaN(P), 0, P)."""
+    hidden = heads * head
+    rng = np.random.default_rng(2)
+    inits = [_const(f"W{c}", rng.uniform(-0.5, 0.5, (hidden, hidden)).astype(np.float32))
+             for c in "qkv"]
+    inits += [_const("split", np.array([batch, seq, heads, head], np.int64)),
+              _const("flat", np.array([batch * heads, seq, head], np.int64)),
+              _const("unflat", np.array([batch, heads, head, seq], np.int64)),
+              _const("merge", np.array([batch, seq, hidden], np.int64)),
+              _const("root", np.array(head ** -0.25, np.float32)),
+              _const("zero", np.array(0.0, np.float32)),
+              _const("lowest", np.array(np.finfo(np.float32).min, np.float32)),
+              _const("axes", np.array([1, 2], np.int64))]
+    n = helper.make_node
+    nodes = []
+    for c in "qkv":
+        nodes += [n("MatMul", ["x", f"W{c}"], [f"{c}0"]),
+                  n("Reshape", [f"{c}0", "split"], [f"{c}1"]),
+                  n("Transpose", [f"{c}1"], [f"{c}2"], perm=[0, 2, 1, 3])]
+    nodes += [
+        n("Mul", ["q2", "root"], ["qs"]),
+        n("Reshape", ["k2", "flat"], ["k3"]), n("Transpose", ["k3"], ["k4"], perm=[0, 2, 1]),
+        n("Reshape", ["k4", "unflat"], ["k5"]), n("Mul", ["k5", "root"], ["ks"]),
+        n("Cast", ["mask"], ["keep0"], to=TensorProto.BOOL),
+        n("Unsqueeze", ["keep0", "axes"], ["keep"]),
+        n("Where", ["keep", "zero", "lowest"], ["m"]),
+        n("MatMul", ["qs", "ks"], ["s0"]), n("Add", ["s0", "m"], ["s1"]),
+        n("Softmax", ["s1"], ["p0"], axis=-1), n("IsNaN", ["p0"], ["bad"]),
+        n("Where", ["bad", "zero", "p0"], ["p"]),
+        n("MatMul", ["p", "v2"], ["o0"]), n("Transpose", ["o0"], ["o1"], perm=[0, 2, 1, 3]),
+        n("Reshape", ["o1", "merge"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "sdpa_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, seq, hidden]),
+         helper.make_tensor_value_info("mask", TensorProto.INT64, [batch, seq])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, seq, hidden])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)],
+                             ir_version=8)
+
+
+def test_sdpa_export_style_attention_is_fused(any_target):
+    model = sdpa_export_style()
+    mask = np.ones((2, 6), np.int64)
+    mask[0, 4:] = 0
+    mask[1] = 0  # every key masked: -FLT_MAX everywhere, a uniform softmax row
+    feeds = {"x": array_for(6, (2, 6, 8), DType.FLOAT32, low=-1, high=1), "mask": mask}
+    stats = compare_fused(model, feeds, any_target, attentions=1)
+    # Q, V head splits, K's head split and its regrouped transpose, the merge; the two
+    # Reshapes around K's transpose; sqrt(scale) on Q and on K.
+    assert stats == {"fused": 1, "Transpose": 5, "Reshape": 2, "scale": 2, "mask": 1,
+                     "nan_guard": 1}
+    check_against_ort(model, feeds, any_target)
+
+
 # -- builder graphs: variants and near misses ---------------------------------------------------
 B, H, SQ, SK, D, DV = 2, 3, 5, 7, 4, 6
 
@@ -380,6 +439,90 @@ def _where_masked() -> Graph:
     s = b.Where(causal, b.MatMul(q, k, trans_b=1), b.constant(np.float32(-np.inf)))
     b.output("y", b.MatMul(b.Softmax(s, axis=-1), v))
     return b.build()
+
+
+def _guarded(fill: float = 0.0, kept_first: bool = False, q_scale=0.5, k_scale=0.5,
+             mask_op: str = "Add", k_chain: tuple[int, ...] | None = None,
+             k_flat: tuple[int, ...] = (B * H, SK, D)) -> Graph:
+    """Softmax(q_scale * Q @ (k_scale * K)^T (+|*) m) guarded as Where(IsNaN(P), fill, P)
+    (or Where(IsNaN(P), P, fill)) over [B, H, S, D] inputs; `k_chain` reads K through
+    Reshape(k_flat) -> Transpose(0, 2, 1) -> Reshape(k_chain)."""
+    b = GraphBuilder()
+    q, v = b.input("q", (B, H, SQ, D)), b.input("v", (B, H, SK, DV))
+    k = b.input("k", (B, H, SK, D))
+    if k_chain is None:
+        kt = b.Transpose(k, perm=(0, 1, 3, 2))
+    else:
+        kt = b.Reshape(b.Transpose(b.Reshape(k, shape=k_flat), perm=(0, 2, 1)),
+                       shape=k_chain)
+    qs = b.Mul(q, b.constant(np.asarray(q_scale, np.float32)))
+    ks = b.Mul(kt, b.constant(np.asarray(k_scale, np.float32)))
+    s = b.op(mask_op, b.MatMul(qs, ks), b.input("m", (1, 1, SQ, SK)))
+    p = b.Softmax(s, axis=-1)
+    fill_value = b.constant(np.float32(fill))
+    guarded = b.Where(b.IsNaN(p), *((p, fill_value) if kept_first else (fill_value, p)))
+    b.output("y", b.MatMul(guarded, v))
+    return b.build()
+
+
+def nan_feeds(graph: Graph) -> dict[str, np.ndarray]:
+    """Row 1 of the scores NaN (through Q), row 2 all -inf and row 3 holding +inf (through
+    the mask): the three ways a Softmax row becomes NaN."""
+    feeds = feeds_for(graph, 7)
+    feeds["q"][0, 1, 1, 2] = np.nan
+    feeds["m"][0, 0, 2, :] = -np.inf
+    feeds["m"][0, 0, 3, 4] = np.inf
+    return feeds
+
+
+def test_nan_guard_becomes_zeroed_rows():
+    g = _guarded(k_chain=(B, H, D, SK))
+    feeds = nan_feeds(g)
+    expected = evaluate_graph(g, feeds)["y"]
+    assert np.isnan(expected).sum() == 0 and not expected[:, :, 2:4].any()
+    result = FuseAttention().run(g, PassContext(opt_level=2, family="numpy"))
+    assert result.stats == {"fused": 1, "Transpose": 1, "Reshape": 2, "scale": 2, "mask": 1,
+                            "nan_guard": 1}
+    (node,) = [n for n in g.nodes() if g.op(n) == "Attention"]
+    assert g.attrs(node)["zero_masked_rows"] == 2 and count(g)["IsNaN"] == 0
+    assert_close(evaluate_graph(g, feeds)["y"], expected, "y", F32)
+
+
+def test_nan_guard_fused_matches_unfused_on_targets(any_target):
+    g = _guarded(k_chain=(B, H, D, SK))
+    compare_fused(g, nan_feeds(g), any_target, attentions=1)
+
+
+def test_k_chain_that_moves_batch_axes_is_not_absorbed():
+    """The first Reshape merges the key axis into the batch ([B, H * SK, D]): the chain is
+    no transpose of K, and the node reads its result."""
+    g = _guarded(k_chain=(B, H, D, SK), k_flat=(B, H * SK, D))
+    before = count(g)
+    result = run_fusion(g)
+    assert "Reshape" not in result.stats
+    assert count(g)["Reshape"] == before["Reshape"]
+
+
+NEAR_MISSES.update({
+    "guard filling NaN rows with 1": lambda: _guarded(fill=1.0),
+    "guard keeping the NaN branch": lambda: _guarded(kept_first=True),
+    "multiplicative mask": lambda: _guarded(mask_op="Mul"),
+})
+
+
+@pytest.mark.parametrize("scales", [
+    {"q_scale": np.linspace(0.5, 1, D)},
+    {"k_scale": np.linspace(0.5, 1, H).reshape(1, H, 1, 1)},
+])
+def test_a_scale_that_is_no_scalar_stays_in_the_graph(scales):
+    """A per-channel (or per-head) factor is no factor of the scores: its Mul keeps running
+    and only the other side's scalar goes into `scale`."""
+    g = _guarded(**scales)
+    result = run_fusion(g)
+    assert result.stats["fused"] == 1 and result.stats["scale"] == 1
+    assert count(g)["Mul"] == 1
+    (node,) = [n for n in g.nodes() if g.op(n) == "Attention"]
+    assert g.attrs(node)["scale"] == pytest.approx(0.5)
 
 
 @pytest.mark.parametrize("name", sorted(NEAR_MISSES))

@@ -194,6 +194,25 @@ def test_grid_sample_kernel_matches_reference(opencl_target, mode, padding):
                  target=opencl_target)
 
 
+@pytest.mark.parametrize("mode", ["linear", "nearest", "cubic"])
+def test_grid_sample_zeros_padding_reads_no_nan_outside(any_target, mode):
+    """A tap outside the image reads the padding value 0, not the clamped element: a NaN at
+    the border must not reach a sample whose taps all lie outside (onnxruntime gives 0)."""
+    x = np.full((1, 2, 3, 4), np.nan, np.float32)
+    x[:, :, 1, 1:3] = [[1.5, -2.0], [0.25, 3.0]]
+    grid = np.array([[[[-4.0, -4.0], [4.0, 3.5], [-0.25, 0.0]],
+                      [[0.0, 5.0], [-5.0, 0.3], [0.1, -0.2]]]], np.float32)
+    node = helper.make_node("GridSample", ["x", "grid"], ["y"], mode=mode,
+                            padding_mode="zeros", align_corners=0)
+    model = _single_node_model(node, {"x": x, "grid": grid}, 4, 20)
+    feeds = {"x": x, "grid": grid}
+    expected = ort.InferenceSession(model.SerializeToString(),
+                                    providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    got = ember.compile(model, target=any_target)(**feeds)["y"]
+    assert np.isfinite(expected[..., 0, :2]).all()  # the samples outside the image
+    np.testing.assert_allclose(got, expected, rtol=F32_TOL[0], atol=F32_TOL[1])
+
+
 # -- converters against onnxruntime -----------------------------------------------------------
 def _single_node_model(node: onnx.NodeProto, inputs: dict[str, np.ndarray], out_rank: int,
                        opset: int) -> onnx.ModelProto:

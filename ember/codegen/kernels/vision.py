@@ -101,6 +101,7 @@ def build_grid_sample(spec: NodeSpec, target: Target) -> Lowered | None:
         terms.append({
             "weight": " * ".join(f"w{k}_{t}" for k, t in enumerate(combo)),
             "offset": " + ".join(f"i{k}_{t} * {strides[k]}" for k, t in enumerate(combo)),
+            "inside": " && ".join(f"in{k}_{t}" for k, t in enumerate(combo)),
         })
     n = x.shape[0]
     plane_out = math.prod(out.shape[2:])

@@ -19,7 +19,13 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from ember.errors import DataDependentError, EmberError, UnsupportedOpError
+from ember.errors import (
+    DataDependentError,
+    DTypeError,
+    EmberError,
+    ShapeError,
+    UnsupportedOpError,
+)
 from ember.frontends.onnx.checks import LEGACY_DOMAIN
 from ember.frontends.onnx.importer import ImportContext, convert_node, onnx_op
 from ember.ir import Graph, Value
@@ -147,6 +153,33 @@ def _stack(ctx: ImportContext, items: Sequence[Value], axis: int) -> Value:
     return parts[0] if len(parts) == 1 else ctx.add("Concat", parts, {"axis": axis})
 
 
+def _one(ctx: ImportContext, value: np.ndarray | None, what: str) -> np.ndarray | None:
+    """A trip count or condition: one element (or absent)."""
+    if value is not None and value.size != 1:
+        raise ShapeError(f"{ctx.where}: {what} must hold one value, got shape "
+                         f"{list(value.shape)}")
+    return value
+
+
+def _body_arity(ctx: ImportContext, body: onnx.GraphProto, inputs: int,
+                least_outputs: int) -> None:
+    if len(body.input) != inputs or len(body.output) < least_outputs:
+        raise ShapeError(f"{ctx.where}: its body takes {len(body.input)} input(s) and gives "
+                         f"{len(body.output)} output(s); the node needs {inputs} input(s) "
+                         f"and at least {least_outputs} output(s)")
+
+
+def _required(ctx: ImportContext, node: onnx.NodeProto, first: int) -> list[Value]:
+    """Inputs `first`.. of a Loop (carried values) or Scan (states and scanned inputs): none
+    may be left out."""
+    values = [ctx.input(node, i) for i in range(first, len(node.input))]
+    missing = [first + k for k, value in enumerate(values) if value is None]
+    if missing:
+        raise UnsupportedOpError(f"{ctx.where}: input {missing[0]} is required (a "
+                                 f"loop-carried, state or scanned value)")
+    return values
+
+
 def _budget(ctx: ImportContext, node: onnx.NodeProto, start: int) -> None:
     if len(ctx.graph) - start > NODE_BUDGET:
         raise _dynamic(ctx, node, f"unrolling it would add more than {NODE_BUDGET} nodes")
@@ -165,17 +198,20 @@ def _if(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
 
 @onnx_op("Loop")
 def _loop(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
-    trip = _scalar(ctx, node, 0)
-    cond = _scalar(ctx, node, 1)
+    trip = _one(ctx, _scalar(ctx, node, 0), "the trip count")
+    cond = _one(ctx, _scalar(ctx, node, 1), "the condition")
+    if trip is not None and trip.dtype.kind not in "iu":
+        raise DTypeError(f"{ctx.where}: the trip count must be an integer, got {trip.dtype}")
     trips = None if trip is None else int(trip.reshape(-1)[0])
     if trips is None and cond is None:
         raise _dynamic(ctx, node, "it has neither a trip count nor a condition")
     if trips is not None and trips > UNROLL_LIMIT:
         raise _dynamic(ctx, node, f"{trips} iterations (unrolled up to {UNROLL_LIMIT})")
     body: onnx.GraphProto = ctx.attr(node, "body")
-    carried = [ctx.input(node, i) for i in range(2, len(node.input))]
+    carried = _required(ctx, node, 2)
     formal = [i.name for i in body.input]
     count = len(carried)
+    _body_arity(ctx, body, 2 + count, 1 + count)
     running = True if cond is None else bool(cond.reshape(-1)[0])
     scans: list[list[Value]] = [[] for _ in range(len(body.output) - 1 - count)]
     start = len(ctx.graph)
@@ -193,7 +229,7 @@ def _loop(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
             done = ctx.graph.constant_value(outputs[0])
             if done is None:
                 raise _dynamic(ctx, node, "its body computes the loop condition at run time")
-            running = bool(done.reshape(-1)[0])
+            running = bool(_one(ctx, done, "the body's condition").reshape(-1)[0])
             carried = outputs[1:1 + count]
             for collected, value in zip(scans, outputs[1 + count:]):
                 collected.append(value)
@@ -209,13 +245,23 @@ def _loop(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
 def _scan(ctx: ImportContext, node: onnx.NodeProto) -> list[Value]:
     body: onnx.GraphProto = ctx.attr(node, "body")
     scanned = int(ctx.attr(node, "num_scan_inputs"))
-    states = [ctx.input(node, i) for i in range(len(node.input) - scanned)]
-    inputs = [ctx.input(node, i) for i in range(len(states), len(node.input))]
+    if not 1 <= scanned <= len(node.input):
+        raise ShapeError(f"{ctx.where}: num_scan_inputs {scanned} must be between 1 and its "
+                         f"{len(node.input)} input(s)")
+    values = _required(ctx, node, 0)
+    states, inputs = values[:len(values) - scanned], values[len(values) - scanned:]
     in_axes = list(ctx.attr(node, "scan_input_axes", [0] * scanned))
     in_reverse = list(ctx.attr(node, "scan_input_directions", [0] * scanned))
+    _body_arity(ctx, body, len(node.input), len(states))
     outputs_count = len(body.output) - len(states)
     out_axes = list(ctx.attr(node, "scan_output_axes", [0] * outputs_count))
     out_reverse = list(ctx.attr(node, "scan_output_directions", [0] * outputs_count))
+    if (len(in_axes), len(in_reverse), len(out_axes), len(out_reverse)) != (
+            scanned, scanned, outputs_count, outputs_count):
+        raise ShapeError(f"{ctx.where}: scan_input_axes/directions need {scanned} entries "
+                         f"and scan_output_axes/directions {outputs_count}")
+    if any(ctx.type_of(v).rank == 0 for v in inputs):
+        raise ShapeError(f"{ctx.where}: a scan input must have a sequence axis, got a scalar")
     in_axes = [normalize_axis(a, ctx.type_of(v).rank) for a, v in zip(in_axes, inputs)]
     lengths = {ctx.type_of(v).shape[a] for a, v in zip(in_axes, inputs)}
     if len(lengths) != 1:

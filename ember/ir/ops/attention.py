@@ -15,7 +15,8 @@ head-split transposes and write through the head-merge transpose, so no transpos
 `softcap` c > 0 bounds the scores before the mask, cap(s) = c * tanh(s / c) (ONNX Attention's
 softcap; 0 leaves them alone). `zero_masked_rows` gives zeros for a query row with no key
 left (every score -inf), as ONNX Attention defines it, instead of the NaN an unfused Softmax
-gives. ONNX's Attention node itself (heads, grouped-query K/V, causal and padding masks,
+gives; `zero_masked_rows=2` zeroes every row the unfused Softmax makes NaN (one holding a NaN
+or +inf score, too), as exporters' Where(IsNaN(P), 0, P) guard does. ONNX's Attention node itself (heads, grouped-query K/V, causal and padding masks,
 caches) is mapped onto this op by the ONNX frontend.
 
 An empty perm means identity (not ONNX Transpose's reversal). The batch dims of Q, K and V
@@ -184,7 +185,9 @@ def attention_reference(q: np.ndarray, k: np.ndarray, v: np.ndarray,
             shifted = scores - scores.max(axis=-1, keepdims=True)  # NaN propagates
             weights = np.exp(shifted)
             probs = weights / weights.sum(axis=-1, keepdims=True)
-            if zero_masked_rows:
+            if zero_masked_rows == 2:
+                probs = np.where(np.isnan(probs), 0, probs)
+            elif zero_masked_rows:
                 probs = np.where(np.isneginf(scores.max(axis=-1, keepdims=True)), 0, probs)
             out = np.matmul(probs, vv)
         out = np.broadcast_to(out, g.logical_out)
@@ -198,12 +201,13 @@ ATTENTION = OPS.register(OpDef(
     attrs=(attr("scale", AttrKind.FLOAT, 1.0), attr("q_perm", _INTS, ()),
            attr("k_perm", _INTS, ()), attr("v_perm", _INTS, ()), attr("out_perm", _INTS, ()),
            attr("softcap", AttrKind.FLOAT, 0.0),
-           attr("zero_masked_rows", AttrKind.INT, 0, (0, 1))),
+           attr("zero_masked_rows", AttrKind.INT, 0, (0, 1, 2))),
     num_inputs=(3, 4),
     doc="softmax(cap(Q K^T * scale) + mask, axis=-1) @ V with Q, K, V read through q_perm, "
         "k_perm, v_perm and the result written through out_perm (empty perm: identity); "
         "cap(s) = softcap * tanh(s / softcap) when softcap > 0; zero_masked_rows: a row "
-        "whose scores are all -inf gives zeros rather than NaN.",
+        "whose scores are all -inf gives zeros rather than NaN (2: also one holding a NaN "
+        "or +inf score).",
 ))
 
 

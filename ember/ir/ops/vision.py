@@ -125,9 +125,10 @@ def _reflect(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _grid_taps(coord: np.ndarray, size: int, mode: str, padding: str, align: bool
-               ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(index, weight) pairs of one axis; an index outside the axis has weight 0 (zeros
-    padding) or is already clamped/reflected into it."""
+               ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(index, weight, inside) triples of one axis; an index outside the axis reads the
+    padding value 0 (zeros padding: `inside` is False there, so that not even a NaN at the
+    clamped index reaches the sum) or is already clamped/reflected into it."""
     lo, hi = (0.0, size - 1.0) if align else (-0.5, size - 0.5)
     if mode == "nearest":
         coord = np.rint(coord)
@@ -147,11 +148,12 @@ def _grid_taps(coord: np.ndarray, size: int, mode: str, padding: str, align: boo
             taps = [(base + k - 1, w) for k, w in enumerate(cubic_weights(t))]
     out = []
     for index, weight in taps:
+        inside = np.ones(index.shape, bool)
         if padding == "zeros":
-            weight = np.where((index >= 0) & (index < size), weight, 0.0)
+            inside = (index >= 0) & (index < size)
         elif padding == "reflection":
             index = np.trunc(_reflect(index, lo, hi))
-        out.append((np.clip(index, 0, size - 1).astype(np.int64), weight))
+        out.append((np.clip(index, 0, size - 1).astype(np.int64), weight, inside))
     return out
 
 
@@ -172,10 +174,11 @@ def _grid_sample(x, grid, *, mode, padding_mode, align_corners):
     flat_x = x.astype(np.float64).reshape(n, c, -1)
     total = np.zeros((n, c, g.shape[1]))
     for combo in itertools.product(*axes):
-        flat = sum(index * stride for (index, _), stride in zip(combo, strides))
-        weight = math.prod(w for _, w in combo)
+        flat = sum(index * stride for (index, _, _), stride in zip(combo, strides))
+        weight = math.prod(w for _, w, _ in combo)
+        inside = np.logical_and.reduce([ok for _, _, ok in combo])
         values = np.take_along_axis(flat_x, flat[:, None, :], axis=2)
-        total += values * weight[:, None, :]
+        total += np.where(inside[:, None, :], values, 0.0) * weight[:, None, :]
     return total.reshape(n, c, *out_spatial).astype(x.dtype)
 
 
