@@ -74,11 +74,12 @@ def in_scope_cases() -> tuple:
     return tuple(c for c in cases if c.model is not None)
 
 
-def run_case(case) -> None:
-    """Run one node test case through ember's backend; raise AssertionError on mismatch."""
+def run_case(case, device: str = "CPU") -> None:
+    """Run one node test case through ember's backend on `device` (an ONNX device string:
+    "CPU" is ember's default target); raise AssertionError on mismatch."""
     from ember.onnx_backend import EmberBackend
 
-    rep = EmberBackend.prepare(case.model, "CPU")
+    rep = EmberBackend.prepare(case.model, device)
     for inputs, expected in case.data_sets:
         expected = [_as_array(r) for r in expected]
         outputs = rep.run([_as_array(a) for a in inputs])
