@@ -90,6 +90,12 @@ CASES = [
                                np.concatenate([np.full((1, 7), -np.inf, np.float32),
                                                f32(124, 2, 7)])],
          {"scale": 0.3, "softcap": 2.0, "zero_masked_rows": 1}, name="onnx"),
+    # PyTorch SDPA's NaN guard absorbed: a row with no key and a row made NaN by +inf
+    Case("Attention", lambda: [f32(128, 1, 3, 8), f32(129, 1, 7, 8), f32(130, 1, 7, 6),
+                               np.stack([np.full(7, -np.inf, np.float32),
+                                         np.r_[np.float32(np.inf), f32(131, 6)],
+                                         f32(132, 7)])],
+         {"scale": 0.3, "zero_masked_rows": 2}, name="nan_guard"),
     Case("RotaryEmbedding", lambda: [f32(125, 2, 3, 5, 10), f32(126, 1, 5, 4), f32(127, 1, 5, 4)],
          {"interleaved": 1, "rotary_dim": 8, "seq_axis": 2}),
     # row kernels

@@ -105,8 +105,8 @@ def attention_case(draw, dtypes=(DType.FLOAT32, DType.FLOAT32, DType.FLOAT16)):
         attrs["out_perm"] = out_perm
     if draw(st.booleans()):
         attrs["softcap"] = draw(st.sampled_from((0.5, 3.0, 50.0)))
-    if draw(st.booleans()):
-        attrs["zero_masked_rows"] = 1
+    if draw(st.booleans()):  # 1: rows with no key give zeros; 2: NaN rows too
+        attrs["zero_masked_rows"] = draw(st.sampled_from((1, 2)))
     return arrays, attrs
 
 
